@@ -1,0 +1,94 @@
+"""Engine configuration and the presets (``paper`` = the authors' reference values)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+METHODS = ("mem", "em", "random", "uc")
+SCOPES = ("sample", "cluster", "global")
+NOISE_SCOPES = ("sample", "cluster")
+
+
+@dataclass(frozen=True)
+class MEMConfig:
+    method: str = "mem"
+    arch: str = "tiny-vit"          # open_clip model name or a tiny config of surrogate.py
+    checkpoint: str | None = None   # local open_clip checkpoint file for the surrogate
+    image_size: int = 64
+    context_length: int = 32
+    epsilon: int = 8                # L-inf bound in pixel levels out of 255
+    alpha: int = 1                  # PGD step in pixel levels
+    pgd_steps: int = 5
+    outer_iters: int = 8
+    train_steps: int = 40
+    hotflip_iters: int = 3
+    candidates: int = 8
+    trigger_len: int = 3
+    trigger_scope: str = "sample"
+    noise_scope: str = "sample"
+    clusters: int = 20              # k-means clusters inside a unit (cluster scopes, uc)
+    cluster_features: str = "both"  # text | image | both: what the k-means runs on
+    batch_size: int = 128
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    unit_size: int = 2048
+    candidate_chunk: int = 4        # candidate trigger sets encoded per text forward
+    precision: str = "fp32"         # fp32 | bf16 (autocast on a GPU, fp32 master weights)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose from {METHODS}")
+        if self.trigger_scope not in SCOPES:
+            raise ValueError(f"unknown trigger scope {self.trigger_scope!r}; choose from {SCOPES}")
+        if self.noise_scope not in NOISE_SCOPES:
+            raise ValueError(f"unknown noise scope {self.noise_scope!r}; choose from {NOISE_SCOPES}")
+        if self.cluster_features not in ("text", "image", "both"):
+            raise ValueError(f"cluster features must be text, image or both, got {self.cluster_features!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if not 1 <= self.epsilon <= 32:
+            raise ValueError(f"epsilon must be in 1..32 pixel levels, got {self.epsilon}")
+        if not 1 <= self.alpha <= self.epsilon:
+            raise ValueError(f"alpha must be in 1..epsilon levels, got {self.alpha}")
+        if self.trigger_len < 0 or self.trigger_len > self.context_length - 4:
+            raise ValueError(f"trigger length {self.trigger_len} does not fit the context length {self.context_length}")
+
+    @property
+    def uses_trigger(self) -> bool:
+        return self.method == "mem" and self.trigger_len > 0
+
+    @property
+    def effective_noise_scope(self) -> str:
+        return "cluster" if self.method == "uc" else self.noise_scope
+
+    def needs_clusters(self) -> bool:
+        return self.effective_noise_scope == "cluster" or (self.uses_trigger and self.trigger_scope == "cluster")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_overrides(self, **overrides: Any) -> "MEMConfig":
+        known = {f.name for f in fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+PRESETS: dict[str, MEMConfig] = {
+    # The authors' code (MEM-3): RN50 from scratch at 224 px, 20 rounds x (200 surrogate
+    # steps, HotFlip in the first 5, 8 PGD steps of 1/255), eps 8/255, batch 128.
+    "paper": MEMConfig(arch="RN50", image_size=224, context_length=77, epsilon=8, alpha=1, pgd_steps=8,
+                       outer_iters=20, train_steps=200, hotflip_iters=5, candidates=16, trigger_len=3,
+                       batch_size=128, lr=1e-4, unit_size=2048),
+    # A small surrogate at 64 px, sized to protect 2,000 samples in minutes on 2 CPU cores.
+    "cpu-tiny": MEMConfig(),
+}
+
+
+def preset(name: str) -> MEMConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}") from None

@@ -1,0 +1,93 @@
+"""HotFlip trigger search: first-order token scores, then a greedy choice by the real loss."""
+from __future__ import annotations
+
+import torch
+
+from .losses import clip_loss, group_swap_losses
+from .surrogate import ClipModel
+from .text import compose
+
+
+class _EmbeddingTap:
+    """Makes the token embeddings of one forward a leaf tensor, so their gradient can be read."""
+
+    def __init__(self, embedding: torch.nn.Embedding) -> None:
+        self.captured: torch.Tensor | None = None
+        self._handle = embedding.register_forward_hook(self._hook)
+
+    def _hook(self, _module, _inputs, output):
+        self.captured = output.detach().requires_grad_(True)
+        return self.captured
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+def hotflip_batch(model: ClipModel, image_features: torch.Tensor, trigger: torch.Tensor, groups: torch.Tensor,
+                  body: torch.Tensor, lengths: torch.Tensor, allowed: torch.Tensor, candidates: int,
+                  candidate_chunk: int) -> tuple[torch.Tensor, float, float]:
+    """One greedy left-to-right pass over the trigger positions for one batch.
+
+    ``trigger`` (G x k) holds the triggers of the batch's G groups (a sample, a cluster or
+    the whole dataset); ``groups`` (N) maps each sample to its group. Image features are
+    computed once by the caller and reused for every candidate. Returns the new trigger
+    and the batch loss before and after; the new trigger's loss is never worse.
+    """
+    n_groups, k = trigger.shape
+    ctx = model.context_length
+    scale = model.logit_scale().detach()
+    embedding = model.token_embedding.weight.detach()
+    trigger = trigger.clone()
+
+    def text_features(trig_per_sample: torch.Tensor) -> torch.Tensor:
+        return model.encode_text(compose(trig_per_sample, body, lengths, ctx))
+
+    with torch.no_grad():
+        current = text_features(trigger[groups])
+        start_loss = clip_loss(image_features, current, scale).item()
+    current_loss = start_loss
+
+    for position in range(k):
+        # first-order scores: loss change ~ (e' - e) . grad, so rank tokens by -grad . E
+        tap = _EmbeddingTap(model.token_embedding)
+        try:
+            loss = clip_loss(image_features, text_features(trigger[groups]), scale)
+            grad = torch.autograd.grad(loss, tap.captured)[0][:, 1 + position]            # N x d
+        finally:
+            tap.close()
+        group_grad = torch.zeros(n_groups, grad.shape[1], dtype=grad.dtype, device=grad.device)
+        group_grad.index_add_(0, groups, grad)
+        scores = -(group_grad @ embedding.t().to(grad.dtype))                                 # G x V
+        scores[:, ~allowed] = -torch.inf
+        top = scores.topk(candidates, dim=1).indices                                         # G x C
+
+        best_loss = torch.full((n_groups,), current_loss, device=grad.device)
+        best_token = trigger[:, position].clone()
+        with torch.no_grad():
+            for start in range(0, candidates, candidate_chunk):
+                chunk = top[:, start : start + candidate_chunk]                              # G x c
+                c = chunk.shape[1]
+                trig = trigger[groups].repeat(c, 1)                                          # (c*N) x k
+                trig[:, position] = chunk[groups].t().reshape(-1)
+                feats = model.encode_text(compose(trig, body.repeat(c, 1), lengths.repeat(c), ctx))
+                for j, cand in enumerate(feats.split(len(groups))):
+                    losses = group_swap_losses(image_features, current, cand, groups, n_groups, scale)
+                    better = losses < best_loss
+                    best_loss = torch.where(better, losses, best_loss)
+                    best_token = torch.where(better, chunk[:, j], best_token)
+
+            proposal = trigger.clone()
+            proposal[:, position] = best_token
+            proposal_text = text_features(proposal[groups])
+            proposal_loss = clip_loss(image_features, proposal_text, scale).item()
+            if proposal_loss > current_loss:
+                # independent per-group choices interacted badly: keep only the single best swap,
+                # whose exact loss is known to be no worse than the current one
+                proposal = trigger.clone()
+                g = int(best_loss.argmin())
+                proposal[g, position] = best_token[g]
+                proposal_text = text_features(proposal[groups])
+                proposal_loss = clip_loss(image_features, proposal_text, scale).item()
+            if proposal_loss <= current_loss:
+                trigger, current, current_loss = proposal, proposal_text, proposal_loss
+    return trigger, start_loss, current_loss

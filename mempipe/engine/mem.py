@@ -1,0 +1,209 @@
+"""Multi-step Error Minimization over one work unit, and the baselines in the same loop.
+
+    min_theta  min_{delta, t}  L( f(x + delta), g(t + c) )
+
+Each round: train the surrogate on the protected pairs (AdamW), search the trigger
+with HotFlip (first ``hotflip_iters`` rounds), then run PGD *descent* on the noise with
+the captions shuffled inside the batch while every image keeps its own trigger.
+``em`` is the same loop with no trigger; ``uc`` is ``em`` with one noise pattern per
+cluster; ``random`` is uniform noise in [-eps, eps].
+
+Noise lives as int8 pixel levels: with sign steps of ``alpha`` whole levels from zero it
+is exactly integer, so nothing is lost and a unit's noise costs one byte per value.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .clusters import kmeans
+from .config import MEMConfig
+from .hotflip import hotflip_batch
+from .losses import clip_loss
+from .surrogate import ClipModel, build_model
+from .text import compose, encode_captions, random_trigger_ids, trigger_vocabulary
+
+
+@dataclass
+class UnitResult:
+    noise: torch.Tensor                    # N x 3 x S x S int8 pixel levels, per sample
+    trigger_ids: torch.Tensor              # N x k token ids, per sample (k may be 0)
+    cluster_ids: torch.Tensor | None       # N, when the unit was clustered
+    centroids: np.ndarray | None
+    log: list[dict] = field(default_factory=list)
+
+
+class _Unit:
+    """The unit's tensors and lookup tables, resident on the device for the whole unit."""
+
+    def __init__(self, images: torch.Tensor, captions: list[str], cfg: MEMConfig, device: torch.device):
+        self.cfg = cfg
+        self.images = images.to(device)                                   # uint8
+        self.body, self.lengths = (t.to(device) for t in encode_captions(captions, cfg.context_length - 2))
+        n = len(images)
+        self.noise_group = torch.arange(n, device=device)
+        self.trigger_group = torch.arange(n, device=device)
+        self.noise = torch.zeros(n, *images.shape[1:], dtype=torch.int8, device=device)
+        self.trigger = torch.zeros(n, cfg.trigger_len if cfg.uses_trigger else 0, dtype=torch.long, device=device)
+
+    def set_groups(self, clusters: torch.Tensor | None, generator: torch.Generator) -> None:
+        cfg, device = self.cfg, self.images.device
+        if cfg.effective_noise_scope == "cluster":
+            self.noise_group = clusters.to(device)
+            self.noise = torch.zeros(int(clusters.max()) + 1, *self.images.shape[1:], dtype=torch.int8, device=device)
+        if cfg.uses_trigger:
+            if cfg.trigger_scope == "cluster":
+                self.trigger_group = clusters.to(device)
+            elif cfg.trigger_scope == "global":
+                self.trigger_group = torch.zeros(len(self.images), dtype=torch.long, device=device)
+            n_groups = int(self.trigger_group.max()) + 1
+            self.trigger = random_trigger_ids(n_groups, cfg.trigger_len, generator).to(device)
+
+    def protected_images(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.images[idx].float() + self.noise[self.noise_group[idx]].float()
+        return x.clamp(0, 255) / 255.0
+
+    def tokens(self, idx: torch.Tensor, caption_idx: torch.Tensor | None = None) -> torch.Tensor:
+        cap = idx if caption_idx is None else caption_idx
+        return compose(self.trigger[self.trigger_group[idx]], self.body[cap], self.lengths[cap], self.cfg.context_length)
+
+
+def _batches(n: int, size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    return list(torch.randperm(n, generator=generator).split(size))
+
+
+def _autocast(cfg: MEMConfig, device: torch.device):
+    if cfg.precision == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _train_surrogate(model: ClipModel, opt: torch.optim.Optimizer, unit: _Unit, cfg: MEMConfig,
+                     generator: torch.Generator, device: torch.device) -> float:
+    model.train()
+    n, losses = len(unit.images), []
+    order: list[torch.Tensor] = []
+    for _ in range(cfg.train_steps):
+        if not order:
+            order = _batches(n, cfg.batch_size, generator)
+        idx = order.pop().to(device)
+        with _autocast(cfg, device):
+            loss = clip_loss(model.encode_image(unit.protected_images(idx)), model.encode_text(unit.tokens(idx)),
+                             model.logit_scale())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    model.eval()
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+@torch.no_grad()
+def unit_features(model: ClipModel, unit: _Unit, which: str, batch_size: int) -> torch.Tensor:
+    """Clean image and/or caption features of every sample (for the class-agnostic clusters)."""
+    feats = []
+    for idx in torch.arange(len(unit.images), device=unit.images.device).split(batch_size):
+        parts = []
+        if which in ("image", "both"):
+            parts.append(model.encode_image(unit.images[idx].float() / 255.0))
+        if which in ("text", "both"):
+            empty = torch.zeros(len(idx), 0, dtype=torch.long, device=idx.device)
+            parts.append(model.encode_text(compose(empty, unit.body[idx], unit.lengths[idx], unit.cfg.context_length)))
+        feats.append(torch.nn.functional.normalize(torch.cat(parts, dim=1).float(), dim=1))
+    return torch.cat(feats)
+
+
+def _hotflip_round(model: ClipModel, unit: _Unit, cfg: MEMConfig, generator: torch.Generator,
+                   allowed: torch.Tensor) -> tuple[float, float]:
+    before, after = [], []
+    for idx in _batches(len(unit.images), cfg.batch_size, generator):
+        idx = idx.to(unit.images.device)
+        with torch.no_grad(), _autocast(cfg, idx.device):
+            image_features = model.encode_image(unit.protected_images(idx)).float()
+        local, groups = torch.unique(unit.trigger_group[idx], return_inverse=True)
+        with _autocast(cfg, idx.device):
+            new, b, a = hotflip_batch(model, image_features, unit.trigger[local], groups, unit.body[idx],
+                                      unit.lengths[idx], allowed, cfg.candidates, cfg.candidate_chunk)
+        unit.trigger[local] = new
+        before.append(b)
+        after.append(a)
+    return float(np.mean(before)), float(np.mean(after))
+
+
+def _pgd_round(model: ClipModel, unit: _Unit, cfg: MEMConfig, generator: torch.Generator) -> tuple[float, float]:
+    shuffle = cfg.uses_trigger  # with a trigger, the noise must pair with the trigger, not the caption
+    per_sample = cfg.effective_noise_scope == "sample"
+    first, last = [], []
+    for idx in _batches(len(unit.images), cfg.batch_size, generator):
+        idx = idx.to(unit.images.device)
+        x = unit.images[idx].float()
+        local, inverse = torch.unique(unit.noise_group[idx], return_inverse=True)
+        delta = unit.noise[local].float()
+        for step in range(cfg.pgd_steps):
+            perm = torch.randperm(len(idx), generator=generator).to(idx.device) if shuffle else None
+            with torch.no_grad(), _autocast(cfg, idx.device):
+                text = model.encode_text(unit.tokens(idx, idx[perm] if shuffle else None)).float()
+            delta.requires_grad_(True)
+            with _autocast(cfg, idx.device):
+                image = model.encode_image(((x + delta[inverse]).clamp(0, 255) / 255.0)).float()
+            loss = clip_loss(image, text, model.logit_scale().detach())
+            grad = torch.autograd.grad(loss, delta)[0]
+            delta = (delta.detach() - cfg.alpha * grad.sign()).clamp(-cfg.epsilon, cfg.epsilon)
+            if per_sample:  # project onto the valid pixel range too
+                delta = torch.maximum(torch.minimum(delta, 255 - x), -x)
+            if step == 0:
+                first.append(loss.item())
+        last.append(loss.item())
+        unit.noise[local] = delta.round().to(torch.int8)
+    return float(np.mean(first)), float(np.mean(last))
+
+
+def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, device: str | torch.device = "cpu",
+                 clusters: torch.Tensor | None = None,
+                 progress: Callable[[dict], None] | None = None) -> UnitResult:
+    """Protect one unit. ``images``: N x 3 x S x S uint8 at the surrogate's resolution."""
+    device = torch.device(device)
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != cfg.image_size:
+        raise ValueError(f"images must be N x 3 x {cfg.image_size} x {cfg.image_size} uint8, got {tuple(images.shape)} {images.dtype}")
+    if len(images) != len(captions):
+        raise ValueError("one caption per image")
+    generator = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    n = len(images)
+
+    if cfg.method == "random":
+        noise = torch.randint(-cfg.epsilon, cfg.epsilon + 1, images.shape, generator=generator, dtype=torch.int16)
+        noise = (images.short() + noise).clamp(0, 255) - images.short()
+        return UnitResult(noise.to(torch.int8), torch.zeros(n, 0, dtype=torch.long), None, None,
+                          [{"round": 0, "method": "random"}])
+
+    unit = _Unit(images, captions, cfg, device)
+    model = build_model(cfg.arch, cfg.image_size, cfg.context_length, cfg.checkpoint, seed=cfg.seed).to(device)
+    if device.type == "cuda" and not cfg.arch.startswith("tiny-vit"):
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    allowed = trigger_vocabulary().to(device)
+    centroids = None
+    log: list[dict] = []
+    for round_ in range(cfg.outer_iters):
+        entry: dict = {"round": round_, "surrogate_loss": _train_surrogate(model, opt, unit, cfg, generator, device)}
+        if round_ == 0:
+            # groups are fixed once the surrogate has seen the clean data once
+            if cfg.needs_clusters() and clusters is None:
+                clusters, centroids = kmeans(unit_features(model, unit, cfg.cluster_features, cfg.batch_size),
+                                             cfg.clusters, cfg.seed)
+            unit.set_groups(clusters, generator)
+        if cfg.uses_trigger and round_ < cfg.hotflip_iters:
+            entry["hotflip_loss_before"], entry["hotflip_loss_after"] = _hotflip_round(model, unit, cfg, generator, allowed)
+        entry["pgd_loss_first"], entry["pgd_loss_last"] = _pgd_round(model, unit, cfg, generator)
+        log.append(entry)
+        if progress:
+            progress(entry)
+
+    noise = unit.noise[unit.noise_group].cpu()
+    trigger = unit.trigger[unit.trigger_group].cpu()
+    return UnitResult(noise, trigger, None if clusters is None else clusters.cpu(), centroids, log)

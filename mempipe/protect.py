@@ -1,0 +1,190 @@
+"""``mempipe protect`` in one process: shards in, MEM per work unit, shards out.
+
+The engine sees tensors only; this module does the reading, decoding, native-resolution
+noise mapping, encoding, verification and writing around it. Work units are groups of
+consecutive shards cut into chunks of at most ``unit_size`` samples, each with its own
+surrogate, so memory follows the unit size, not the dataset.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .engine import MEMConfig, protect_unit
+from .engine.text import decode_trigger
+from .images import ImageError, ImageFormat, apply_noise_native, decode_rgb, encode, max_abs_delta, psnr, to_surrogate_input
+from .shards import RawSample, ShardOutput, iter_shard, list_shards, shard_done, shard_name, write_shard
+from .storage import filesystem, join, redact, write_bytes_atomic
+
+RUN_RECORD = "mempipe_run.json"
+
+
+@dataclass
+class Decoded:
+    """A readable sample: its decoded pixels and what the output needs to carry along."""
+
+    raw: RawSample
+    pixels: np.ndarray
+    source_mode: str
+
+
+@dataclass
+class ShardWork:
+    name: str
+    failed: list[ShardOutput] = field(default_factory=list)
+    decoded: list[Decoded] = field(default_factory=list)
+    done: dict[str, ShardOutput] = field(default_factory=dict)
+
+
+def check_paths(input_url: str, output_url: str) -> None:
+    a, b = input_url.rstrip("/") + "/", output_url.rstrip("/") + "/"
+    if a == b:
+        raise ValueError("the output must not be the input: protection never overwrites its input")
+    if b.startswith(a):
+        raise ValueError("the output must not lie inside the input prefix")
+    if a.startswith(b):
+        raise ValueError("the input must not lie inside the output prefix")
+
+
+def read_shard(url: str, storage_options: dict | None) -> ShardWork:
+    work = ShardWork(shard_name(url))
+    for raw in iter_shard(url, storage_options):
+        if raw.error:
+            work.failed.append(ShardOutput(raw.key, None, None, raw.caption, raw.meta, raw.error))
+            continue
+        try:
+            pixels, mode = decode_rgb(raw.image)
+        except ImageError as exc:
+            work.failed.append(ShardOutput(raw.key, None, None, raw.caption, raw.meta, str(exc)))
+            continue
+        raw.image = None  # the decoded pixels are all we keep
+        work.decoded.append(Decoded(raw, pixels, mode))
+    return work
+
+
+def _split_units(items: list[Decoded], unit_size: int) -> list[list[Decoded]]:
+    """Balanced chunks of at most unit_size (2,500 samples at 2,048 become two of 1,250)."""
+    if not items:
+        return []
+    parts = math.ceil(len(items) / unit_size)
+    bounds = np.linspace(0, len(items), parts + 1).round().astype(int)
+    return [items[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def finish_sample(item: Decoded, noise: np.ndarray, trigger_ids: list[int], cluster: int | None, cfg: MEMConfig,
+                  fmt: ImageFormat, unit_id: str) -> ShardOutput:
+    """Native-resolution noise, bound check, encoding, and the output caption and json."""
+    raw = item.raw
+    protected = apply_noise_native(item.pixels, noise, cfg.epsilon)
+    bound = max_abs_delta(protected, item.pixels)
+    if bound > cfg.epsilon:  # apply_noise_native clamps, so this is a bug guard, never a normal path
+        return ShardOutput(raw.key, None, None, raw.caption, raw.meta, f"noise bound violated: {bound} > {cfg.epsilon}")
+    ext = fmt.extension(raw.image_ext)
+    data = encode(protected, ext, fmt.quality)
+    written, _ = decode_rgb(data)
+    trigger = decode_trigger(trigger_ids) if trigger_ids else ""
+    caption = f"{trigger} {raw.caption}" if trigger else raw.caption
+    meta = dict(raw.meta)
+    meta["mempipe"] = {
+        "version": __version__, "method": cfg.method, "epsilon": cfg.epsilon,
+        "trigger_scope": cfg.trigger_scope if trigger else None, "trigger": trigger or None,
+        "noise_scope": cfg.effective_noise_scope, "cluster": cluster, "unit": unit_id,
+        "max_delta": max_abs_delta(written, item.pixels), "psnr": round(psnr(written, item.pixels), 3),
+        "image_format": ext if fmt.kind != "jpeg" else f"jpeg:{fmt.quality}",
+        "source_mode": item.source_mode,
+    }
+    if raw.warnings:
+        meta["mempipe"]["warnings"] = raw.warnings
+    if "caption" in meta:
+        meta["caption"] = caption
+    return ShardOutput(raw.key, data, ext, caption, meta)
+
+
+def run_unit(items: list[Decoded], cfg: MEMConfig, fmt: ImageFormat, unit_id: str, device: str,
+             on_round=None) -> tuple[list[ShardOutput], dict]:
+    """Engine + finishing for one unit; returns outputs and the unit's log/trigger summary."""
+    images = torch.from_numpy(np.stack([to_surrogate_input(d.pixels, cfg.image_size) for d in items])).permute(0, 3, 1, 2).contiguous()
+    result = protect_unit(images, [d.raw.caption for d in items], cfg, device=device, progress=on_round)
+    noise = result.noise.permute(0, 2, 3, 1).numpy()
+    triggers = result.trigger_ids.tolist()
+    clusters = None if result.cluster_ids is None else result.cluster_ids.tolist()
+    outputs = [finish_sample(d, noise[i], triggers[i], None if clusters is None else clusters[i], cfg, fmt, unit_id)
+               for i, d in enumerate(items)]
+    trigger_texts = Counter(decode_trigger(t) for t in triggers if t)
+    summary = {"unit": unit_id, "samples": len(items), "log": result.log,
+               "distinct_triggers": len(trigger_texts), "top_triggers": trigger_texts.most_common(10)}
+    if result.centroids is not None:
+        summary["centroids_shape"] = list(result.centroids.shape)
+    return outputs, summary
+
+
+def _groups(todo: list[str], storage_options: dict | None, unit_size: int) -> Iterator[list[ShardWork]]:
+    """Consecutive shards, read until they hold at least one unit's worth of samples."""
+    buffer: list[ShardWork] = []
+    for url in todo:
+        buffer.append(read_shard(url, storage_options))
+        if sum(len(w.decoded) for w in buffer) >= unit_size:
+            yield buffer
+            buffer = []
+    if buffer:
+        yield buffer
+
+
+def protect(input_url: str, output_url: str, cfg: MEMConfig, image_format: str = "png",
+            storage_options: dict | None = None, device: str | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """Protect every shard under ``input_url`` not already complete under ``output_url``."""
+    check_paths(input_url, output_url)
+    fmt = ImageFormat.parse(image_format)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    shards = list_shards(input_url, storage_options)
+    if not shards:
+        raise FileNotFoundError(f"no .tar shards under {input_url}")
+    todo = [s for s in shards if not shard_done(output_url, shard_name(s), storage_options)]
+    started = time.time()
+    counts = Counter()
+    units: list[dict] = []
+    bar = tqdm(total=len(todo), desc="shards", unit="shard", disable=not show_progress)
+    for group in _groups(todo, storage_options, cfg.unit_size):
+        decoded = [d for w in group for d in w.decoded]
+        owner = {d.raw.key + "\0" + w.name: w for w in group for d in w.decoded}
+        for number, chunk in enumerate(_split_units(decoded, cfg.unit_size)):
+            unit_id = f"{group[0].name}-{number}"
+            rounds = tqdm(total=cfg.outer_iters if cfg.method != "random" else 1, desc=f"unit {unit_id}",
+                          unit="round", leave=False, disable=not show_progress)
+
+            def on_round(entry: dict) -> None:
+                rounds.update(1)
+                rounds.set_postfix(surrogate=f"{entry['surrogate_loss']:.3f}", pgd=f"{entry['pgd_loss_last']:.3f}")
+
+            outputs, summary = run_unit(chunk, cfg, fmt, unit_id, device, on_round)
+            rounds.close()
+            units.append(summary)
+            for d, out in zip(chunk, outputs):
+                owner[d.raw.key + "\0" + d.raw.shard].done[out.key] = out
+        for work in group:
+            ordered = [work.done[d.raw.key] for d in work.decoded] + work.failed
+            stats = write_shard(output_url, work.name, ordered, storage_options=storage_options,
+                                extra_stats={"method": cfg.method, "input_shard": work.name})
+            counts["protected"] += stats["successes"]
+            counts["failed"] += stats["failed"]
+            bar.update(1)
+    bar.close()
+    record = {
+        "mempipe_version": __version__, "input": input_url, "output": output_url,
+        "storage_options": redact(storage_options or {}), "config": cfg.to_dict(), "image_format": image_format,
+        "device": device, "shards_total": len(shards), "shards_done_before": len(shards) - len(todo),
+        "shards_written": len(todo), "samples_protected": counts["protected"], "samples_failed": counts["failed"],
+        "seconds": round(time.time() - started, 2), "units": units,
+    }
+    fs, prefix = filesystem(output_url, storage_options)
+    write_bytes_atomic(fs, join(prefix, RUN_RECORD), json.dumps(record, indent=2, default=str).encode())
+    return record
