@@ -226,8 +226,12 @@ def write_shard(
     samples: list[ShardOutput],
     extra_stats: dict[str, Any] | None = None,
     storage_options: dict | None = None,
+    record_timing: bool = True,
 ) -> dict[str, Any]:
-    """Write tar, then parquet, then stats (the completion marker). Returns the stats."""
+    """Write tar, then parquet, then stats (the completion marker). Returns the stats.
+
+    ``record_timing=False`` leaves wall-clock times out, so a rerun writes identical bytes.
+    """
     fs, prefix = filesystem(out_url, storage_options)
     started = time.time()
     write_bytes_atomic(fs, join(prefix, f"{name}.tar"), _tar_bytes(samples))
@@ -244,8 +248,9 @@ def write_shard(
         "status_dict": {"success": sum(1 for s in samples if not s.error), **failures},
         "mempipe_version": __version__,
         **(extra_stats or {}),
-        "write_seconds": round(time.time() - started, 3),
     }
+    if record_timing:
+        stats["write_seconds"] = round(time.time() - started, 3)
     write_bytes_atomic(fs, stats_path(prefix, name), json.dumps(stats, indent=2, sort_keys=True).encode())
     return stats
 

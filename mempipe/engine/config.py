@@ -19,9 +19,9 @@ class MEMConfig:
     epsilon: int = 8                # L-inf bound in pixel levels out of 255
     alpha: int = 1                  # PGD step in pixel levels
     pgd_steps: int = 5
-    outer_iters: int = 8
-    train_steps: int = 40
-    hotflip_iters: int = 3
+    outer_iters: int = 6
+    train_steps: int = 30
+    hotflip_iters: int = 2
     candidates: int = 8
     trigger_len: int = 3
     trigger_scope: str = "sample"

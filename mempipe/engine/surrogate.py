@@ -18,16 +18,19 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def _text_cfg(context_length: int, width: int, layers: int) -> CLIPTextCfg:
-    return CLIPTextCfg(context_length=context_length, vocab_size=49408, width=width, heads=max(1, width // 64),
-                       layers=layers)
+def _text_cfg(context_length: int, width: int, layers: int, heads: int = 2) -> CLIPTextCfg:
+    return CLIPTextCfg(context_length=context_length, vocab_size=49408, width=width, heads=heads, layers=layers)
 
 
 TINY_CONFIGS = {
-    # small ViT: 8 px patches, 4 blocks of width 128
-    "tiny-vit": lambda size, ctx: dict(embed_dim=128, text_cfg=_text_cfg(ctx, 128, 3),
-                                       vision_cfg=CLIPVisionCfg(layers=4, width=128, head_width=64, patch_size=8,
+    # small ViT: 8 px patches, 3 blocks of width 96 (the cpu-tiny surrogate)
+    "tiny-vit": lambda size, ctx: dict(embed_dim=96, text_cfg=_text_cfg(ctx, 96, 2),
+                                       vision_cfg=CLIPVisionCfg(layers=3, width=96, head_width=48, patch_size=8,
                                                                 image_size=size, mlp_ratio=2.0)),
+    # a wider ViT victim: 8 px patches, 4 blocks of width 128
+    "small-vit": lambda size, ctx: dict(embed_dim=128, text_cfg=_text_cfg(ctx, 128, 3),
+                                        vision_cfg=CLIPVisionCfg(layers=4, width=128, head_width=64, patch_size=8,
+                                                                 image_size=size, mlp_ratio=2.0)),
     # small ResNet: open_clip's ModifiedResNet (attention pooling) with one block per stage
     "tiny-resnet": lambda size, ctx: dict(embed_dim=128, text_cfg=_text_cfg(ctx, 128, 3),
                                           vision_cfg=CLIPVisionCfg(layers=(1, 1, 1, 1), width=16, head_width=32,
@@ -74,13 +77,9 @@ def build_model(arch: str, image_size: int, context_length: int, checkpoint: str
     else:
         if arch not in open_clip.list_models():
             raise ValueError(f"unknown architecture {arch!r}: an open_clip model name or one of {sorted(TINY_CONFIGS)}")
-        kwargs = {}
-        if checkpoint is None:
-            # the open_clip config fixes these for pretrained weights; from scratch we may change them
-            kwargs = dict(force_image_size=image_size, force_context_length=context_length)
-        clip = open_clip.create_model(arch, pretrained=checkpoint, **kwargs)
-        if checkpoint is not None:
-            context_length = clip.context_length
+        # a checkpoint must have been trained at these sizes (224 px / 77 tokens for released weights)
+        clip = open_clip.create_model(arch, pretrained=checkpoint, force_image_size=image_size,
+                                      force_context_length=context_length)
     return ClipModel(clip, context_length)
 
 

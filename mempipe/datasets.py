@@ -1,0 +1,72 @@
+"""Loading shards the way a downstream trainer does: webdataset, image file + txt caption.
+
+Also the data-side countermeasures a thief would try (JPEG re-encoding, grayscale,
+stripping the first k caption words) and the prefixed test captions of the protocol.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+from .engine.text import random_trigger_ids, tokenizer
+from .images import to_surrogate_input
+from .shards import list_shards
+
+
+def _register_fsspec_urls() -> None:
+    """Let webdataset open s3:// (and any fsspec) URLs through fsspec."""
+    import fsspec
+    from webdataset import gopen
+
+    def opener(url, mode="rb", bufsize=8192, **_):
+        return fsspec.open(url, mode).open()
+
+    for scheme in ("s3", "gs", "gcs", "az", "abfs", "memory"):
+        gopen.gopen_schemes.setdefault(scheme, opener)
+
+
+def apply_image_defense(image: Image.Image, defense: str) -> Image.Image:
+    if defense.startswith("jpeg:"):
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=int(defense.split(":", 1)[1]))
+        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    if defense == "grayscale":
+        return image.convert("L").convert("RGB")
+    return image
+
+
+def apply_caption_defense(caption: str, defense: str) -> str:
+    if defense.startswith("strip:"):
+        return " ".join(caption.split()[int(defense.split(":", 1)[1]):])
+    return caption
+
+
+def load_pairs(url: str, image_size: int, defense: str = "none", storage_options: dict | None = None,
+               limit: int | None = None) -> tuple[torch.Tensor, list[str], list[str]]:
+    """(N x 3 x S x S uint8 after 'resize shorter side + center crop', captions, keys)."""
+    _register_fsspec_urls()
+    urls = list_shards(url, storage_options)
+    dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("pil").to_tuple(
+        "__key__", "jpg;png;webp;jpeg", "txt")
+    images, captions, keys = [], [], []
+    for key, image, caption in dataset:
+        image = apply_image_defense(image.convert("RGB"), defense)
+        images.append(to_surrogate_input(np.asarray(image), image_size))
+        captions.append(apply_caption_defense(caption, defense))
+        keys.append(key)
+        if limit and len(keys) >= limit:
+            break
+    if not images:
+        raise ValueError(f"no image-caption pairs found under {url}")
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), captions, keys
+
+
+def prefix_random_words(captions: list[str], k: int, seed: int) -> list[str]:
+    """k random whole words in front of each caption (cancels the caption-format shift)."""
+    ids = random_trigger_ids(len(captions), k, torch.Generator().manual_seed(seed)).tolist()
+    tok = tokenizer()
+    return [tok.decode(row).strip() + " " + c for row, c in zip(ids, captions)]

@@ -1,0 +1,43 @@
+import hashlib
+import json
+
+from mempipe.cli import main
+from mempipe.shards import iter_shard
+
+
+def _digest(root):
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_layout_and_determinism(tmp_path, capsys):
+    assert main(["demo-data", str(tmp_path / "a"), "--train", "120", "--test", "30", "--seed", "7"]) == 0
+    assert main(["demo-data", str(tmp_path / "b"), "--train", "120", "--test", "30", "--seed", "7"]) == 0
+    for split in ("train", "test"):
+        names = sorted(p.name for p in (tmp_path / "a" / split).iterdir())
+        assert names == ["00000.parquet", "00000.tar", "00000_stats.json"]
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    samples = list(iter_shard(str(tmp_path / "a/train/00000.tar")))
+    assert len(samples) == 120 and samples[0].key == "000000000" and samples[119].key == "000000119"
+    assert all(s.image_ext == "jpg" and s.caption and s.meta["key"] == s.key for s in samples)
+    stats = json.loads((tmp_path / "a/train/00000_stats.json").read_text())
+    assert stats["count"] == 120 and stats["successes"] == 120
+
+
+def test_captions_vary_in_template_and_word_position(tmp_path):
+    main(["demo-data", str(tmp_path), "--train", "300", "--test", "10"])
+    captions = [s.caption for s in iter_shard(str(tmp_path / "train/00000.tar"))]
+    assert len(set(captions)) == len(captions)
+    first_words = {c.split()[0] for c in captions}
+    lengths = {len(c.split()) for c in captions}
+    assert len(first_words) >= 8 and len(lengths) >= 8
+    # a colour word is not pinned to one position
+    positions = {next(i for i, w in enumerate(c.split()) if w in ("red", "green", "blue", "yellow", "purple", "orange",
+                 "white", "black", "cyan", "pink", "brown", "gray")) for c in captions}
+    assert len(positions) >= 6
+
+
+def test_demo_splits_are_sharded_about_500(tmp_path):
+    main(["demo-data", str(tmp_path), "--train", "1100", "--test", "10"])
+    assert sorted(p.name for p in (tmp_path / "train").glob("*.tar")) == ["00000.tar", "00001.tar", "00002.tar"]
+    assert list(iter_shard(str(tmp_path / "train/00001.tar")))[0].key == "000010000"

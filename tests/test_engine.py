@@ -1,0 +1,201 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mempipe.demo_data import make_sample
+from mempipe.engine import MEMConfig, preset, protect_unit
+from mempipe.engine import mem
+from mempipe.engine.hotflip import hotflip_batch
+from mempipe.engine.losses import clip_loss, group_swap_losses
+from mempipe.engine.surrogate import build_model, save_checkpoint
+from mempipe.engine.text import compose, decode_trigger, encode_captions, tokenizer, trigger_vocabulary
+from mempipe.images import apply_noise_native, to_surrogate_input
+
+TINY = MEMConfig(outer_iters=2, train_steps=4, pgd_steps=3, hotflip_iters=1, candidates=4, batch_size=16,
+                 clusters=4, seed=5)
+
+
+def demo(n, seed=0):
+    samples = [make_sample(i, 64, seed) for i in range(n)]
+    images = torch.from_numpy(np.stack([s[0] for s in samples])).permute(0, 3, 1, 2).contiguous()
+    return images, [s[1] for s in samples]
+
+
+@settings(max_examples=60, deadline=None)
+@given(h=st.integers(8, 90), w=st.integers(8, 90), eps=st.integers(1, 32), seed=st.integers(0, 10_000),
+       size=st.sampled_from([16, 32, 64]))
+def test_noise_at_native_resolution_respects_the_linf_bound(h, w, eps, seed, size):
+    rng = np.random.RandomState(seed)
+    pixels = rng.randint(0, 256, (h, w, 3)).astype(np.uint8)
+    noise = rng.randint(-eps, eps + 1, (size, size, 3)).astype(np.int8)
+    out = apply_noise_native(pixels, noise, eps)
+    assert out.shape == pixels.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - pixels.astype(int)).max() <= eps
+
+
+def test_native_noise_survives_the_victims_preprocessing():
+    rng = np.random.RandomState(0)
+    pixels = np.full((96, 160, 3), 128, np.uint8)
+    noise = rng.choice([-8, 8], size=(64, 64, 3)).astype(np.int8)
+    out = apply_noise_native(pixels, noise, 8)
+    seen = to_surrogate_input(out, 64).astype(float) - to_surrogate_input(pixels, 64).astype(float)
+    corr = np.corrcoef(seen.ravel(), noise.ravel())[0, 1]
+    assert corr > 0.6
+    assert (out[:, :32] == 128).all()  # outside the center square nothing changes
+
+
+def test_trigger_tokens_round_trip_as_text():
+    allowed = trigger_vocabulary()
+    ids = allowed.nonzero().squeeze(1)[torch.randperm(int(allowed.sum()), generator=torch.Generator().manual_seed(0))[:200]]
+    tok = tokenizer()
+    for start in range(0, 200, 5):
+        trig = ids[start : start + 5].tolist()
+        caption = decode_trigger(trig) + " " + "a small red circle on the left"
+        assert tok.encode(caption)[:5] == trig
+    assert not allowed[tok.sot_token_id] and not allowed[tok.eot_token_id]
+
+
+def test_compose_places_trigger_after_start_token():
+    body, lengths = encode_captions(["a red circle", "two blue squares on a plain wall"], 30)
+    trig = torch.tensor([[1000, 1001], [2000, 2001]])
+    tokens = compose(trig, body, lengths, 32)
+    tok = tokenizer()
+    assert tokens[0, 0] == tok.sot_token_id and tokens[0, 1:3].tolist() == [1000, 1001]
+    assert tokens[0, 3 : 3 + int(lengths[0])].tolist() == body[0, : int(lengths[0])].tolist()
+    assert tokens[0, 3 + int(lengths[0])] == tok.eot_token_id and tokens[0].argmax() == 3 + int(lengths[0])
+
+
+def test_group_swap_losses_are_exact():
+    torch.manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    cur = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    cand = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    groups = torch.tensor([0, 0, 1, 2, 2, 2])
+    got = group_swap_losses(img, cur, cand, groups, 3, 10.0)
+    for g in range(3):
+        mixed = torch.where((groups == g)[:, None], cand, cur)
+        assert torch.allclose(got[g], clip_loss(img, mixed, 10.0), atol=1e-5)
+
+
+@pytest.mark.parametrize("scope", ["sample", "cluster", "global"])
+def test_hotflip_never_leaves_a_batch_worse(scope):
+    images, captions = demo(24)
+    model = build_model("tiny-vit", 64, 32, seed=0).eval()
+    body, lengths = encode_captions(captions, 30)
+    gen = torch.Generator().manual_seed(1)
+    groups = {"sample": torch.arange(24), "cluster": torch.arange(24) % 4, "global": torch.zeros(24, dtype=torch.long)}[scope]
+    n_groups = int(groups.max()) + 1
+    from mempipe.engine.text import random_trigger_ids
+
+    trigger = random_trigger_ids(n_groups, 3, gen)
+    with torch.no_grad():
+        feats = model.encode_image(images.float() / 255)
+    new, before, after = hotflip_batch(model, feats, trigger, groups, body, lengths, trigger_vocabulary(), 6, 3)
+    assert after <= before + 1e-6
+    assert new.shape == trigger.shape and trigger_vocabulary()[new].all()
+    with torch.no_grad():
+        again = clip_loss(feats, model.encode_text(compose(new[groups], body, lengths, 32)), model.logit_scale())
+    assert abs(again.item() - after) < 1e-4
+
+
+def test_pgd_lowers_the_loss_and_keeps_each_image_with_its_own_trigger():
+    images, captions = demo(32)
+    cfg = TINY.with_overrides(pgd_steps=6, batch_size=32)
+    unit = mem._Unit(images, captions, cfg, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    unit.set_groups(None, gen)
+    model = build_model("tiny-vit", 64, 32, seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    mem._train_surrogate(model, opt, unit, cfg.with_overrides(train_steps=10), gen, torch.device("cpu"))
+    first, last = mem._pgd_round(model, unit, cfg, gen)
+    assert last < first
+    assert unit.noise.abs().max() <= cfg.epsilon and unit.noise.abs().max() > 0
+
+    # caption shuffling: the captions move, each image's trigger stays with it
+    idx = torch.arange(8)
+    perm = torch.tensor([3, 1, 0, 2, 7, 6, 5, 4])
+    tokens = unit.tokens(idx, idx[perm])
+    k = cfg.trigger_len
+    assert torch.equal(tokens[:, 1 : 1 + k], unit.trigger[idx])
+    assert torch.equal(tokens[:, 1 + k : 1 + k + 4], unit.body[perm, :4])
+
+
+def test_determinism_per_seed():
+    images, captions = demo(20)
+    a = protect_unit(images, captions, TINY)
+    b = protect_unit(images, captions, TINY)
+    c = protect_unit(images, captions, TINY.with_overrides(seed=6))
+    assert torch.equal(a.noise, b.noise) and torch.equal(a.trigger_ids, b.trigger_ids)
+    assert not torch.equal(a.noise, c.noise)
+
+
+def test_mem_output_shapes_and_bounds():
+    images, captions = demo(20)
+    out = protect_unit(images, captions, TINY)
+    assert out.noise.dtype == torch.int8 and out.noise.shape == images.shape
+    assert out.noise.abs().max() <= 8
+    assert out.trigger_ids.shape == (20, 3) and len({tuple(t) for t in out.trigger_ids.tolist()}) > 1
+    assert [e["round"] for e in out.log] == [0, 1] and "hotflip_loss_after" in out.log[0]
+
+
+def test_trigger_scopes_share_triggers_as_asked():
+    images, captions = demo(24)
+    glob = protect_unit(images, captions, TINY.with_overrides(trigger_scope="global"))
+    assert len({tuple(t) for t in glob.trigger_ids.tolist()}) == 1
+    clus = protect_unit(images, captions, TINY.with_overrides(trigger_scope="cluster"))
+    assert clus.cluster_ids is not None
+    for c in clus.cluster_ids.unique():
+        members = clus.trigger_ids[clus.cluster_ids == c]
+        assert (members == members[0]).all()
+
+
+def test_baselines_produce_their_kind_of_noise():
+    images, captions = demo(24)
+    rnd = protect_unit(images, captions, TINY.with_overrides(method="random"))
+    assert rnd.trigger_ids.shape[1] == 0 and rnd.noise.abs().max() <= 8
+    assert (rnd.noise != 0).float().mean() > 0.8  # dense uniform noise
+    em = protect_unit(images, captions, TINY.with_overrides(method="em"))
+    assert em.trigger_ids.shape[1] == 0 and em.noise.abs().max() <= 8 and em.noise.abs().sum() > 0
+    uc = protect_unit(images, captions, TINY.with_overrides(method="uc"))
+    assert uc.cluster_ids is not None
+    for c in uc.cluster_ids.unique():
+        members = uc.noise[uc.cluster_ids == c]
+        assert (members == members[0]).all()  # one pattern per cluster (pixel clamping happens at write time)
+
+
+def test_surrogate_by_name_and_from_a_saved_checkpoint(tmp_path):
+    model = build_model("tiny-resnet", 64, 32, seed=0)
+    path = tmp_path / "tiny.pt"
+    save_checkpoint(model, str(path))
+    loaded = build_model("tiny-resnet", 64, 32, checkpoint=str(path))
+    x = torch.rand(2, 3, 64, 64)
+    model.eval(), loaded.eval()
+    assert torch.allclose(model.encode_image(x), loaded.encode_image(x), atol=1e-6)
+
+    rn = build_model("RN50", 64, 32, seed=0)
+    assert rn.encode_image(torch.rand(1, 3, 64, 64)).shape[1] == 1024
+    vit = build_model("ViT-B-32", 224, 77, checkpoint=None, seed=0)
+    assert vit.context_length == 77
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_model("no-such-model", 64, 32)
+
+
+def test_open_clip_checkpoint_file_loads_through_open_clip(tmp_path):
+    import open_clip
+
+    clip = open_clip.create_model("RN50", force_image_size=64)
+    path = tmp_path / "rn50_open_clip.pt"
+    torch.save({"state_dict": clip.state_dict()}, path)
+    loaded = build_model("RN50", 64, 77, checkpoint=str(path))  # open_clip's own loader reads the file
+    assert torch.equal(loaded.clip.visual.conv1.weight, clip.visual.conv1.weight)
+
+
+def test_presets():
+    paper = preset("paper")
+    assert (paper.arch, paper.image_size, paper.epsilon, paper.alpha, paper.pgd_steps, paper.outer_iters,
+            paper.train_steps, paper.hotflip_iters, paper.candidates, paper.batch_size) == (
+        "RN50", 224, 8, 1, 8, 20, 200, 5, 16, 128)
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("nope")

@@ -1,0 +1,111 @@
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from mempipe.cli import main
+from mempipe.images import decode_rgb
+from mempipe.shards import iter_shard
+from mempipe.engine.text import tokenizer
+
+from helpers import image_bytes, make_tar, sample_members
+
+FAST = ["--preset", "cpu-tiny", "--quiet", "--seed", "1"]
+
+
+@pytest.fixture(scope="module")
+def fast_config(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "fast.yaml"
+    path.write_text("outer_iters: 2\ntrain_steps: 6\npgd_steps: 2\nhotflip_iters: 1\ncandidates: 4\nbatch_size: 64\n")
+    return str(path)
+
+
+def test_protect_end_to_end_on_300_demo_samples_with_bad_ones(demo_small, tmp_path, fast_config, capsys):
+    inp = tmp_path / "in"
+    shutil.copytree(demo_small / "train", inp)
+    make_tar(inp / "00001.tar", sample_members("bad0", img=b"garbage") + sample_members("gray0", img=image_bytes("L", (40, 30)))
+             + [("nocap.png", image_bytes())])
+    out = tmp_path / "out"
+    assert main(["protect", str(inp), str(out), *FAST, "--config", fast_config]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["samples_protected"] == 301 and summary["samples_failed"] == 2
+
+    originals = {s.key: s for s in iter_shard(str(inp / "00000.tar"))}
+    protected = list(iter_shard(str(out / "00000.tar")))
+    assert {s.key for s in protected} == set(originals)
+    tok = tokenizer()
+    for s in protected:
+        m = s.meta["mempipe"]
+        trigger = m["trigger"]
+        assert s.caption == trigger + " " + originals[s.key].caption
+        assert len(trigger.split()) == 3 and tok.encode(s.caption)[:3] == tok.encode(trigger)
+        assert s.image_ext == "png" and m["max_delta"] <= 8 and m["method"] == "mem"
+        a, _ = decode_rgb(s.image)
+        b, _ = decode_rgb(originals[s.key].image)
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 8 == m["epsilon"]
+    # every input key is protected or recorded as failed
+    rows = pq.read_table(out / "00001.parquet").to_pylist()
+    status = {r["key"]: (r["status"], r["error_message"]) for r in rows}
+    assert status["gray0"][0] == "success" and status["bad0"][0] == "failed" and status["nocap"][0] == "failed"
+    assert "cannot decode" in status["bad0"][1] and "missing caption" in status["nocap"][1]
+    record = json.loads((out / "mempipe_run.json").read_text())
+    assert record["samples_protected"] == 301 and record["units"][0]["log"]
+
+    # a finished run, started again, does nothing
+    before = (out / "00000.tar").read_bytes()
+    assert main(["protect", str(inp), str(out), *FAST, "--config", fast_config]) == 0
+    assert json.loads((out / "mempipe_run.json").read_text())["shards_written"] == 0
+    assert (out / "00000.tar").read_bytes() == before
+
+
+@pytest.mark.parametrize("method", ["random", "em", "uc"])
+def test_protect_baselines_and_formats(demo_small, tmp_path, fast_config, method):
+    out = tmp_path / method
+    fmt = {"random": "jpeg:90", "em": "webp", "uc": "keep"}[method]
+    assert main(["protect", str(demo_small / "test"), str(out), *FAST, "--config", fast_config, "--method", method,
+                 "--image-format", fmt, "--clusters", "3"]) == 0
+    samples = list(iter_shard(str(out / "00000.tar")))
+    assert len(samples) == 60
+    assert all(s.meta["mempipe"]["method"] == method and s.meta["mempipe"]["trigger"] is None for s in samples)
+    assert {s.image_ext for s in samples} == {"random": {"jpg"}, "em": {"webp"}, "uc": {"png"}}[method]
+    if method != "random":
+        assert max(s.meta["mempipe"]["max_delta"] for s in samples) <= 8
+    if method == "uc":
+        assert {s.meta["mempipe"]["cluster"] for s in samples} <= {0, 1, 2}
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["protect", "IN", "OUT", "--epsilon", "40"], "1..32"),
+    (["protect", "IN", "IN"], "must not be the input"),
+    (["protect", "IN", "IN/sub"], "inside the input"),
+    (["protect", "IN/missing", "OUT"], "not found"),
+    (["protect", "IN", "OUT", "--preset", "huge"], "unknown preset"),
+    (["protect", "IN", "OUT", "--image-format", "gif"], "unknown image format"),
+])
+def test_clear_errors_for_bad_arguments(demo_small, tmp_path, capsys, argv, message):
+    argv = [a.replace("IN", str(demo_small / "test")).replace("OUT", str(tmp_path / "o")) for a in argv]
+    with pytest.raises(SystemExit) if "40" in argv else _nullcontext():
+        code = main(argv)
+        assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def _nullcontext():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def test_every_subcommand_has_help(capsys):
+    for cmd in ("demo-data", "protect", "eval", "inspect"):
+        with pytest.raises(SystemExit) as exc:
+            main([cmd, "--help"])
+        assert exc.value.code == 0
+        assert "usage" in capsys.readouterr().out
+
+
+def test_ray_options_say_not_built_yet(demo_small, tmp_path, capsys):
+    assert main(["protect", str(demo_small / "test"), str(tmp_path / "o"), "--partition", "cluster"]) == 2
+    assert "not built yet" in capsys.readouterr().err
