@@ -19,8 +19,11 @@ from .shards import list_shards
 
 def _register_fsspec_urls() -> None:
     """Let webdataset open s3:// (and any fsspec) URLs through fsspec."""
+    import importlib
+
     import fsspec
-    from webdataset import gopen
+
+    gopen = importlib.import_module("webdataset.gopen")  # the module; the package re-exports a function by that name
 
     def opener(url, mode="rb", bufsize=8192, **_):
         return fsspec.open(url, mode).open()

@@ -1,0 +1,177 @@
+"""Effectiveness benchmark (DESIGN section 5): does a victim trained on protected shards learn?
+
+Protects demo data with every method, builds the control and ablation sets, applies
+the countermeasures, trains victims from scratch and tests retrieval on the clean test
+split (and on test captions with random words in front). Writes
+bench/results/effectiveness.json; bench/make_tables.py turns it into the README tables.
+
+    python bench/effectiveness.py                      # everything, on CPU (slow)
+    python bench/effectiveness.py --device cuda        # the whole table on a GPU
+    python bench/effectiveness.py --rows clean,mem3,random-words --victims tiny-resnet
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mempipe.datasets import prefix_random_words  # noqa: E402
+from mempipe.demo_data import write_demo_data  # noqa: E402
+from mempipe.engine import preset  # noqa: E402
+from mempipe.evaluate import evaluate, plot_curves  # noqa: E402
+from mempipe.inspect_output import summarize  # noqa: E402
+from mempipe.protect import protect  # noqa: E402
+from mempipe.shards import ShardOutput, iter_shard, list_shards, shard_name, write_shard  # noqa: E402
+from mempipe.victim import VictimConfig  # noqa: E402
+
+# protected variants: name -> engine overrides on the preset
+VARIANTS = {
+    "random": dict(method="random"),
+    "em": dict(method="em"),
+    "uc": dict(method="uc"),
+    "mem3": dict(method="mem", trigger_len=3, trigger_scope="sample"),
+    "mem5": dict(method="mem", trigger_len=5, trigger_scope="sample"),
+    "mem3-cluster": dict(method="mem", trigger_len=3, trigger_scope="cluster"),
+    "mem3-global": dict(method="mem", trigger_len=3, trigger_scope="global"),
+    # beyond the paper: one noise pattern and one trigger per semantic cluster
+    "mem3-cn": dict(method="mem", trigger_len=3, trigger_scope="cluster", noise_scope="cluster"),
+}
+# rows: name -> (training set, countermeasure, what it shows)
+ROWS = {
+    "clean": ("clean", "none", "reference: clean training data"),
+    "random-words": ("random-words", "none", "control: 3 random words per caption, clean images, nothing optimised"),
+    "random": ("random", "none", "baseline: uniform noise in [-eps, eps]"),
+    "em": ("em", "none", "baseline: image-only error-minimising noise"),
+    "uc": ("uc", "none", "baseline: cluster-wise error-minimising noise (UC-style)"),
+    "mem3": ("mem3", "none", "MEM-3, per-sample triggers"),
+    "mem5": ("mem5", "none", "MEM-5, per-sample triggers"),
+    "mem3-cluster": ("mem3-cluster", "none", "MEM-3, one trigger per cluster"),
+    "mem3-global": ("mem3-global", "none", "MEM-3, one trigger for the dataset"),
+    "mem3-cn": ("mem3-cn", "none", "MEM-3 with cluster-wise noise and cluster triggers"),
+    "mem3-cn+strip": ("mem3-cn", "strip:3", "cluster-wise MEM-3, first 3 caption words stripped"),
+    "trigger-only": ("mem3-trigger-only", "none", "ablation: MEM-3 captions, original images"),
+    "noise-only": ("mem3-noise-only", "none", "ablation: MEM-3 images, original captions"),
+    "mem3+strip": ("mem3", "strip:3", "countermeasure: first 3 caption words stripped"),
+    "mem3+jpeg75": ("mem3", "jpeg:75", "countermeasure: JPEG re-encoding, quality 75"),
+    "mem3+jpeg10": ("mem3", "jpeg:10", "countermeasure: JPEG re-encoding, quality 10"),
+    "mem3+grayscale": ("mem3", "grayscale", "countermeasure: grayscale (image shortcut squeezing)"),
+    "mem3+crop": ("mem3", "crop", "countermeasure: random-resized-crop augmentation"),
+}
+
+# the most telling rows first, so that a run cut short still answers the main question
+DEFAULT_ORDER = ["clean", "random-words", "mem3", "mem3+strip", "em", "random", "uc", "mem5", "mem3-cluster",
+                 "mem3-global", "mem3-cn", "mem3-cn+strip", "trigger-only", "noise-only", "mem3+jpeg75",
+                 "mem3+jpeg10", "mem3+grayscale", "mem3+crop"]
+
+
+def derive(name: str, images_from: str, captions_from: str, out: Path, caption_fn=None) -> str:
+    """A training set with the images of one shard set and the captions of another."""
+    if (out / "done").exists():
+        return str(out)
+    for url in list_shards(images_from):
+        caps = {s.key: s.caption for s in iter_shard(os.path.join(captions_from, shard_name(url) + ".tar")) if not s.error}
+        samples = [s for s in iter_shard(url) if not s.error and s.key in caps]
+        captions = [caps[s.key] for s in samples]
+        if caption_fn:
+            captions = caption_fn(captions)
+        write_shard(str(out), shard_name(url), [ShardOutput(s.key, s.image, s.image_ext, c, s.meta)
+                                                 for s, c in zip(samples, captions)], record_timing=False)
+    (out / "done").write_text(name)
+    return str(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rows", default=",".join(DEFAULT_ORDER))
+    parser.add_argument("--victims", default="tiny-resnet,small-vit")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--train", type=int, default=2000)
+    parser.add_argument("--test", type=int, default=500)
+    parser.add_argument("--preset", default="cpu-tiny")
+    parser.add_argument("--overrides", default="{}", help="JSON engine overrides applied to every variant")
+    parser.add_argument("--work", default=str(ROOT / "bench" / "work"))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "effectiveness.json"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tag", default="", help="suffix for row names (e.g. @full for a stronger protocol)")
+    args = parser.parse_args()
+
+    results_dir = Path(args.out).parent
+    results_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work)
+    data = work / "data"
+    if not (data / "test").exists():
+        write_demo_data(str(data), args.train, args.test, size=64, seed=args.seed)
+    clean = str(data / "train")
+    base = preset(args.preset).with_overrides(**json.loads(args.overrides))
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = set(rows) - set(ROWS)
+    if unknown:
+        parser.error(f"unknown rows {sorted(unknown)}; choose from {list(ROWS)}")
+
+    sets: dict[str, str] = {"clean": clean}
+    protection: dict[str, dict] = {}
+    needed = {ROWS[r][0] for r in rows}
+    for name, overrides in VARIANTS.items():
+        if name in needed or (name == "mem3" and needed & {"mem3-trigger-only", "mem3-noise-only"}):
+            out = work / ("protected" + args.tag.replace("@", "_")) / name
+            started = time.time()
+            record = protect(clean, str(out), base.with_overrides(**overrides), "png", device=args.device,
+                             show_progress=False)
+            info = summarize(str(out), clean, grid_path=str(results_dir / f"grid_{name}.png") if name == "mem3" and not args.tag else None)
+            protection[name] = {"config": record["config"], "seconds": record["seconds"] or round(time.time() - started, 1),
+                                "max_delta": info["max_delta"], "psnr": info["psnr_mean"], "ssim": info["ssim_mean"],
+                                "distinct_triggers": info["distinct_triggers"], "unit_logs": [u["log"] for u in record["units"]]}
+            sets[name] = str(out)
+            print(f"protected {name}: {protection[name]['seconds']}s max|d|={info['max_delta']} psnr={info['psnr_mean']}", flush=True)
+    if "random-words" in needed:
+        sets["random-words"] = derive("random-words", clean, clean, work / "derived" / "random-words",
+                                      lambda caps: prefix_random_words(caps, 3, seed=args.seed + 99))
+    if "mem3-trigger-only" in needed:
+        sets["mem3-trigger-only"] = derive("trigger-only", clean, sets["mem3"], work / "derived" / "trigger-only")
+    if "mem3-noise-only" in needed:
+        sets["mem3-noise-only"] = derive("noise-only", sets["mem3"], clean, work / "derived" / "noise-only")
+
+    results = {"meta": {"device": args.device, "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
+                        "host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
+                        "train": args.train, "test": args.test, "epochs": args.epochs, "preset": args.preset,
+                        "engine": base.to_dict(), "date": time.strftime("%Y-%m-%d %H:%M:%S")},
+               "protection": protection, "rows": []}
+    if os.path.exists(args.out):  # keep rows of earlier partial runs that this run does not redo
+        previous = json.load(open(args.out))
+        results["rows"] = [r for r in previous.get("rows", []) if not (r["row"] in [x + args.tag for x in rows] and r["victim"] in args.victims.split(","))]
+        results["protection"] = {**previous.get("protection", {}), **{k + args.tag: v for k, v in protection.items()}}
+        results["meta"] = {**previous.get("meta", {}), **({args.tag: results["meta"]} if args.tag else results["meta"])}
+    for row in rows:
+        for victim in args.victims.split(","):
+            set_name, defense, what = ROWS[row]
+            started = time.time()
+            result = evaluate(sets[set_name], str(data / "test"), VictimConfig(arch=victim, epochs=args.epochs, seed=args.seed),
+                              defense, args.device, show_progress=False)
+            if row in ("clean", "mem3") and victim == "tiny-resnet" and not args.tag:
+                plot_curves(result, str(results_dir / f"curve_{row}_{victim}.png"))
+            entry = {"row": row + args.tag, "victim": victim, "training_set": set_name, "defense": defense, "what": what,
+                     "final": result["final"], "loss_curve": result["loss_curve"],
+                     "clean_R@10_per_epoch": [[e["clean"]["i2t_R@10"], e["clean"]["t2i_R@10"]] for e in result["epochs"]],
+                     "seconds": round(time.time() - started, 1), "device": args.device}
+            results["rows"].append(entry)
+            c, p = result["final"]["clean"], result["final"]["prefixed"]
+            print(f"{victim:12s} {row:16s} clean R@10 {c['i2t_R@10']:5.1f}/{c['t2i_R@10']:5.1f}  "
+                  f"prefixed {p['i2t_R@10']:5.1f}/{p['t2i_R@10']:5.1f}  ({entry['seconds']}s)", flush=True)
+            os.makedirs(os.path.dirname(args.out), exist_ok=True)
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

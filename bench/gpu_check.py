@@ -1,0 +1,115 @@
+"""GPU check of the paper preset (RN50 at 224 px, bf16): throughput, peak memory, bf16 vs fp32.
+
+Times whole rounds of the MEM loop over one unit of 2,048 full-size samples and
+extrapolates the full protocol (20 rounds, HotFlip in the first 5) from them; the JSON
+says which numbers are measured and which are extrapolated.
+
+    python bench/gpu_check.py --out bench/results/gpu_check.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mempipe.demo_data import make_sample  # noqa: E402
+from mempipe.engine import mem, preset  # noqa: E402
+from mempipe.engine.surrogate import build_model  # noqa: E402
+from mempipe.engine.text import trigger_vocabulary  # noqa: E402
+
+
+def unit_data(n: int, size: int):
+    samples = [make_sample(i, size, seed=0) for i in range(n)]
+    images = torch.from_numpy(np.stack([s[0] for s in samples])).permute(0, 3, 1, 2).contiguous()
+    return images, [s[1] for s in samples]
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn):
+    _sync()
+    start = time.perf_counter()
+    out = fn()
+    _sync()
+    return out, time.perf_counter() - start
+
+
+def one_round(cfg, images, captions, device):
+    """Build a unit and surrogate, then time each phase of one round."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    unit = mem._Unit(images, captions, cfg, device)
+    unit.set_groups(None, gen)
+    model = build_model(cfg.arch, cfg.image_size, cfg.context_length, seed=cfg.seed).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    allowed = trigger_vocabulary().to(device)
+    mem._train_surrogate(model, opt, unit, cfg.with_overrides(train_steps=3), gen, device)  # warm-up
+    loss, t_train = timed(lambda: mem._train_surrogate(model, opt, unit, cfg, gen, device))
+    (hb, ha), t_hot = timed(lambda: mem._hotflip_round(model, unit, cfg, gen, allowed))
+    (pf, pl), t_pgd = timed(lambda: mem._pgd_round(model, unit, cfg, gen))
+    return {"train_s": t_train, "hotflip_s": t_hot, "pgd_s": t_pgd, "surrogate_loss": loss,
+            "hotflip_loss": [hb, ha], "pgd_loss": [pf, pl]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default="bench/results/gpu_check.json")
+    parser.add_argument("--unit", type=int, default=2048)
+    parser.add_argument("--train-steps", type=int, default=50, help="surrogate steps timed (scaled to 200)")
+    parser.add_argument("--small", type=int, default=256, help="unit size of the bf16-vs-fp32 check")
+    parser.add_argument("--device", default="cuda")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    paper = preset("paper")
+    images, captions = unit_data(args.unit, paper.image_size)
+    result = {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else None, "torch": torch.__version__, "unit": args.unit,
+              "preset": paper.to_dict()}
+
+    cfg = paper.with_overrides(precision="bf16", train_steps=args.train_steps)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    r = one_round(cfg, images, captions, device)
+    scale = paper.train_steps / args.train_steps
+    round_with_hotflip = r["train_s"] * scale + r["hotflip_s"] + r["pgd_s"]
+    round_without = r["train_s"] * scale + r["pgd_s"]
+    full = paper.hotflip_iters * round_with_hotflip + (paper.outer_iters - paper.hotflip_iters) * round_without
+    result["bf16"] = {**r, "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
+                      "measured": f"one round: {args.train_steps} surrogate steps, HotFlip and PGD over the whole unit",
+                      "extrapolated_full_protocol_s": round(full, 1),
+                      "extrapolated_samples_per_s": round(args.unit / full, 2)}
+    print(json.dumps(result["bf16"]), flush=True)
+
+    # bf16 vs fp32 on the same small unit and seed: losses after one round
+    small_images, small_captions = images[: args.small], captions[: args.small]
+    check = {}
+    for precision in ("fp32", "bf16"):
+        c = paper.with_overrides(precision=precision, train_steps=20, pgd_steps=4, candidates=4)
+        check[precision] = one_round(c, small_images, small_captions, device)
+    result["precision_check"] = {
+        "fp32_pgd_loss": check["fp32"]["pgd_loss"], "bf16_pgd_loss": check["bf16"]["pgd_loss"],
+        "fp32_surrogate_loss": check["fp32"]["surrogate_loss"], "bf16_surrogate_loss": check["bf16"]["surrogate_loss"],
+        "relative_pgd_loss_difference": abs(check["fp32"]["pgd_loss"][1] - check["bf16"]["pgd_loss"][1]) / abs(check["fp32"]["pgd_loss"][1]),
+        "tolerance": 0.05,
+    }
+    print(json.dumps(result["precision_check"]), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
