@@ -65,12 +65,14 @@ ROWS = {
     "mem3+jpeg10": ("mem3", "jpeg:10", "countermeasure: JPEG re-encoding, quality 10"),
     "mem3+grayscale": ("mem3", "grayscale", "countermeasure: grayscale (image shortcut squeezing)"),
     "mem3+crop": ("mem3", "crop", "countermeasure: random-resized-crop augmentation"),
+    # the countermeasure's own cost on clean data: what a row under a countermeasure is compared with
+    "clean+grayscale": ("clean", "grayscale", "control: clean data trained in grayscale"),
 }
 
 # the most telling rows first, so that a run cut short still answers the main question
 DEFAULT_ORDER = ["clean", "random-words", "mem3", "mem3+strip", "em", "random", "uc", "mem5", "mem3-cluster",
                  "mem3-global", "mem3-cn", "mem3-cn+strip", "trigger-only", "noise-only", "mem3+jpeg75",
-                 "mem3+jpeg10", "mem3+grayscale", "mem3+crop"]
+                 "mem3+jpeg10", "mem3+grayscale", "clean+grayscale", "mem3+crop"]
 
 
 def derive(name: str, images_from: str, captions_from: str, out: Path, caption_fn=None) -> str:
@@ -124,11 +126,13 @@ def main() -> int:
     for name, overrides in VARIANTS.items():
         if name in needed or (name == "mem3" and needed & {"mem3-trigger-only", "mem3-noise-only"}):
             out = work / ("protected" + args.tag.replace("@", "_")) / name
-            started = time.time()
             record = protect(clean, str(out), base.with_overrides(**overrides), "png", device=args.device,
                              show_progress=False)
             info = summarize(str(out), clean, grid_path=str(results_dir / f"grid_{name}.png") if name == "mem3" and not args.tag else None)
-            protection[name] = {"config": record["config"], "seconds": record["seconds"] or round(time.time() - started, 1),
+            if record["shards_written"] == 0:  # already protected by an earlier run: keep that run's record
+                sets[name] = str(out)
+                continue
+            protection[name] = {"config": record["config"], "seconds": record["seconds"],
                                 "max_delta": info["max_delta"], "psnr": info["psnr_mean"], "ssim": info["ssim_mean"],
                                 "distinct_triggers": info["distinct_triggers"], "unit_logs": [u["log"] for u in record["units"]]}
             sets[name] = str(out)
@@ -159,7 +163,8 @@ def main() -> int:
                               defense, args.device, show_progress=False)
             if row in ("clean", "mem3") and victim == "tiny-resnet" and not args.tag:
                 plot_curves(result, str(results_dir / f"curve_{row}_{victim}.png"))
-            entry = {"row": row + args.tag, "victim": victim, "training_set": set_name, "defense": defense, "what": what,
+            entry = {"source": f"{args.device}: {results['meta'].get('gpu') or platform.node()}, {time.strftime('%Y-%m-%d')}",
+                     "row": row + args.tag, "victim": victim, "training_set": set_name, "defense": defense, "what": what,
                      "final": result["final"], "loss_curve": result["loss_curve"],
                      "clean_R@10_per_epoch": [[e["clean"]["i2t_R@10"], e["clean"]["t2i_R@10"]] for e in result["epochs"]],
                      "seconds": round(time.time() - started, 1), "device": args.device}

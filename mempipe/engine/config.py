@@ -82,8 +82,9 @@ PRESETS: dict[str, MEMConfig] = {
     "paper": MEMConfig(arch="RN50", image_size=224, context_length=77, epsilon=8, alpha=1, pgd_steps=8,
                        outer_iters=20, train_steps=200, hotflip_iters=5, candidates=16, trigger_len=3,
                        batch_size=128, lr=1e-4, unit_size=2048),
-    # A small surrogate at 64 px, sized to protect 2,000 samples in minutes on 2 CPU cores.
-    "cpu-tiny": MEMConfig(),
+    # A small surrogate at 64 px, sized to protect 2,000 samples in minutes on 2 CPU cores. Trigger
+    # scope 'cluster': the scope with the lowest victim R@10 in bench/results/effectiveness.json.
+    "cpu-tiny": MEMConfig(trigger_scope="cluster"),
 }
 
 
