@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	rm -rf $(DEMO)
 	$(VENV)/bin/mempipe demo-data $(DEMO)/data --train 300 --test 100
-	$(VENV)/bin/mempipe protect $(DEMO)/data/train $(DEMO)/protected --preset cpu-tiny
+	$(VENV)/bin/mempipe protect $(DEMO)/data/train $(DEMO)/protected --preset cpu-tiny --partition cluster --num-actors 2
 	$(VENV)/bin/mempipe inspect $(DEMO)/protected --original $(DEMO)/data/train --grid $(DEMO)/grid.png
 
 test: $(VENV)/.installed

@@ -29,16 +29,18 @@ def add_protect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--noise-scope", choices=NOISE_SCOPES)
     p.add_argument("--trigger-len", type=int)
     p.add_argument("--epsilon", type=_epsilon, help="L-inf bound in pixel levels (1..32)")
-    p.add_argument("--partition", choices=("cluster", "shard"), default="shard")
+    p.add_argument("--partition", choices=("cluster", "shard"), default="shard",
+                   help="Ray work units: whole shards, or class-agnostic cluster chunks")
     p.add_argument("--clusters", type=int)
     p.add_argument("--cluster-features", choices=("text", "image", "both"))
     p.add_argument("--image-format", default="png", help="keep | png | webp (lossless) | jpeg:Q")
     p.add_argument("--unit-size", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--num-actors", type=int, default=None)
-    p.add_argument("--gpus-per-actor", type=float, default=None)
-    p.add_argument("--ray-address", default=None)
+    p.add_argument("--num-actors", type=int, default=2, help="MEM actors in the Ray pool")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0, help="0 = CPU actors")
+    p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: start a local Ray)")
+    p.add_argument("--no-ray", action="store_true", help="run in this process, without Ray")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -95,12 +97,18 @@ def _protect(args: argparse.Namespace) -> int:
     ImageFormat.parse(args.image_format)
     check_paths(args.input, args.output)
     options = parse_storage_options(args.storage_options)
-    if args.partition == "cluster" or args.num_actors or args.ray_address:
-        print("mempipe: the Ray pipeline (--partition cluster, --num-actors, --ray-address) is not built yet "
-              "(issue: Distributed protection on Ray Data)", file=sys.stderr)
-        return 2
-    record = protect(args.input, args.output, cfg, args.image_format, options, device=args.device,
-                     show_progress=not args.quiet)
+    if args.no_ray:
+        if args.partition == "cluster":
+            raise ValueError("--partition cluster runs on Ray; drop --no-ray")
+        record = protect(args.input, args.output, cfg, args.image_format, options, device=args.device,
+                         show_progress=not args.quiet)
+    else:
+        from .pipeline import run_pipeline
+
+        if args.num_actors < 1:
+            raise ValueError("--num-actors must be at least 1")
+        record = run_pipeline(args.input, args.output, cfg, args.image_format, options, args.partition,
+                              args.num_actors, args.gpus_per_actor, args.ray_address)
     print(json.dumps({k: record[k] for k in ("output", "shards_written", "samples_protected", "samples_failed", "seconds")}))
     return 0
 

@@ -58,20 +58,12 @@ def check_paths(input_url: str, output_url: str) -> None:
 def read_shard(url: str, storage_options: dict | None) -> ShardWork:
     work = ShardWork(shard_name(url))
     for raw in iter_shard(url, storage_options):
-        if raw.error:
-            work.failed.append(ShardOutput(raw.key, None, None, raw.caption, raw.meta, raw.error))
-            continue
-        try:
-            pixels, mode = decode_rgb(raw.image)
-        except ImageError as exc:
-            work.failed.append(ShardOutput(raw.key, None, None, raw.caption, raw.meta, str(exc)))
-            continue
-        raw.image = None  # the decoded pixels are all we keep
-        work.decoded.append(Decoded(raw, pixels, mode))
+        item = decode_sample(raw)
+        (work.decoded if isinstance(item, Decoded) else work.failed).append(item)
     return work
 
 
-def _split_units(items: list[Decoded], unit_size: int) -> list[list[Decoded]]:
+def split_units(items: list[Decoded], unit_size: int) -> list[list[Decoded]]:
     """Balanced chunks of at most unit_size (2,500 samples at 2,048 become two of 1,250)."""
     if not items:
         return []
@@ -109,11 +101,29 @@ def finish_sample(item: Decoded, noise: np.ndarray, trigger_ids: list[int], clus
     return ShardOutput(raw.key, data, ext, caption, meta)
 
 
+def surrogate_batch(items: list[Decoded], size: int) -> torch.Tensor:
+    """N x 3 x S x S uint8: every image as the victim's preprocessing would show it."""
+    return torch.from_numpy(np.stack([to_surrogate_input(d.pixels, size) for d in items])).permute(0, 3, 1, 2).contiguous()
+
+
+def decode_sample(raw: RawSample) -> Decoded | ShardOutput:
+    """A readable sample, or its failure record."""
+    if raw.error:
+        return ShardOutput(raw.key, None, None, raw.caption, raw.meta, raw.error)
+    try:
+        pixels, mode = decode_rgb(raw.image)
+    except ImageError as exc:
+        return ShardOutput(raw.key, None, None, raw.caption, raw.meta, str(exc))
+    raw.image = None  # the decoded pixels are all we keep
+    return Decoded(raw, pixels, mode)
+
+
 def run_unit(items: list[Decoded], cfg: MEMConfig, fmt: ImageFormat, unit_id: str, device: str,
-             on_round=None) -> tuple[list[ShardOutput], dict]:
+             on_round=None, clusters: torch.Tensor | None = None,
+             fixed_trigger: torch.Tensor | None = None) -> tuple[list[ShardOutput], dict]:
     """Engine + finishing for one unit; returns outputs and the unit's log/trigger summary."""
-    images = torch.from_numpy(np.stack([to_surrogate_input(d.pixels, cfg.image_size) for d in items])).permute(0, 3, 1, 2).contiguous()
-    result = protect_unit(images, [d.raw.caption for d in items], cfg, device=device, progress=on_round)
+    result = protect_unit(surrogate_batch(items, cfg.image_size), [d.raw.caption for d in items], cfg,
+                          device=device, progress=on_round, clusters=clusters, fixed_trigger=fixed_trigger)
     noise = result.noise.permute(0, 2, 3, 1).numpy()
     triggers = result.trigger_ids.tolist()
     clusters = None if result.cluster_ids is None else result.cluster_ids.tolist()
@@ -156,7 +166,7 @@ def protect(input_url: str, output_url: str, cfg: MEMConfig, image_format: str =
     for group in _groups(todo, storage_options, cfg.unit_size):
         decoded = [d for w in group for d in w.decoded]
         owner = {d.raw.key + "\0" + w.name: w for w in group for d in w.decoded}
-        for number, chunk in enumerate(_split_units(decoded, cfg.unit_size)):
+        for number, chunk in enumerate(split_units(decoded, cfg.unit_size)):
             unit_id = f"{group[0].name}-{number}"
             rounds = tqdm(total=cfg.outer_iters if cfg.method != "random" else 1, desc=f"unit {unit_id}",
                           unit="round", leave=False, disable=not show_progress)

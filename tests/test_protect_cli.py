@@ -12,7 +12,7 @@ from mempipe.engine.text import tokenizer
 
 from helpers import image_bytes, make_tar, sample_members
 
-FAST = ["--preset", "cpu-tiny", "--quiet", "--seed", "1"]
+FAST = ["--preset", "cpu-tiny", "--quiet", "--seed", "1", "--no-ray"]
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +106,6 @@ def test_every_subcommand_has_help(capsys):
         assert "usage" in capsys.readouterr().out
 
 
-def test_ray_options_say_not_built_yet(demo_small, tmp_path, capsys):
-    assert main(["protect", str(demo_small / "test"), str(tmp_path / "o"), "--partition", "cluster"]) == 2
-    assert "not built yet" in capsys.readouterr().err
+def test_cluster_partition_needs_ray(demo_small, tmp_path, capsys):
+    assert main(["protect", str(demo_small / "test"), str(tmp_path / "o"), "--partition", "cluster", "--no-ray"]) == 2
+    assert "runs on Ray" in capsys.readouterr().err

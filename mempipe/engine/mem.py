@@ -50,7 +50,8 @@ class _Unit:
         self.noise = torch.zeros(n, *images.shape[1:], dtype=torch.int8, device=device)
         self.trigger = torch.zeros(n, cfg.trigger_len if cfg.uses_trigger else 0, dtype=torch.long, device=device)
 
-    def set_groups(self, clusters: torch.Tensor | None, generator: torch.Generator) -> None:
+    def set_groups(self, clusters: torch.Tensor | None, generator: torch.Generator,
+                   fixed_trigger: torch.Tensor | None = None) -> None:
         cfg, device = self.cfg, self.images.device
         if cfg.effective_noise_scope == "cluster":
             self.noise_group = clusters.to(device)
@@ -60,8 +61,12 @@ class _Unit:
                 self.trigger_group = clusters.to(device)
             elif cfg.trigger_scope == "global":
                 self.trigger_group = torch.zeros(len(self.images), dtype=torch.long, device=device)
-            n_groups = int(self.trigger_group.max()) + 1
-            self.trigger = random_trigger_ids(n_groups, cfg.trigger_len, generator).to(device)
+            if fixed_trigger is not None:  # a trigger shared across units (the pipeline's global trigger)
+                self.trigger_group = torch.zeros(len(self.images), dtype=torch.long, device=device)
+                self.trigger = fixed_trigger.reshape(1, -1).to(device)
+            else:
+                n_groups = int(self.trigger_group.max()) + 1
+                self.trigger = random_trigger_ids(n_groups, cfg.trigger_len, generator).to(device)
 
     def protected_images(self, idx: torch.Tensor) -> torch.Tensor:
         x = self.images[idx].float() + self.noise[self.noise_group[idx]].float()
@@ -164,8 +169,13 @@ def _pgd_round(model: ClipModel, unit: _Unit, cfg: MEMConfig, generator: torch.G
 
 def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, device: str | torch.device = "cpu",
                  clusters: torch.Tensor | None = None,
-                 progress: Callable[[dict], None] | None = None) -> UnitResult:
-    """Protect one unit. ``images``: N x 3 x S x S uint8 at the surrogate's resolution."""
+                 progress: Callable[[dict], None] | None = None,
+                 fixed_trigger: torch.Tensor | None = None) -> UnitResult:
+    """Protect one unit. ``images``: N x 3 x S x S uint8 at the surrogate's resolution.
+
+    ``fixed_trigger`` (k ids): use this trigger for every sample and skip the HotFlip search,
+    so that units protected by different workers share one trigger.
+    """
     device = torch.device(device)
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != cfg.image_size:
         raise ValueError(f"images must be N x 3 x {cfg.image_size} x {cfg.image_size} uint8, got {tuple(images.shape)} {images.dtype}")
@@ -196,8 +206,8 @@ def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, devi
             if cfg.needs_clusters() and clusters is None:
                 clusters, centroids = kmeans(unit_features(model, unit, cfg.cluster_features, cfg.batch_size),
                                              cfg.clusters, cfg.seed)
-            unit.set_groups(clusters, generator)
-        if cfg.uses_trigger and round_ < cfg.hotflip_iters:
+            unit.set_groups(clusters, generator, fixed_trigger)
+        if cfg.uses_trigger and round_ < cfg.hotflip_iters and fixed_trigger is None:
             entry["hotflip_loss_before"], entry["hotflip_loss_after"] = _hotflip_round(model, unit, cfg, generator, allowed)
         entry["pgd_loss_first"], entry["pgd_loss_last"] = _pgd_round(model, unit, cfg, generator)
         log.append(entry)
@@ -207,3 +217,26 @@ def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, devi
     noise = unit.noise[unit.noise_group].cpu()
     trigger = unit.trigger[unit.trigger_group].cpu()
     return UnitResult(noise, trigger, None if clusters is None else clusters.cpu(), centroids, log)
+
+
+def bootstrap_features(images: torch.Tensor, captions: list[str], cfg: MEMConfig, steps: int,
+                       device: str | torch.device = "cpu") -> tuple[ClipModel, torch.Tensor]:
+    """A feature model for clustering: a surrogate trained ``steps`` batches on clean pairs
+    (or the checkpoint as given when ``cfg.checkpoint`` is set), and the features of the sample."""
+    device = torch.device(device)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    clean = cfg.with_overrides(method="em", train_steps=steps)
+    unit = _Unit(images, captions, clean, device)
+    model = build_model(cfg.arch, cfg.image_size, cfg.context_length, cfg.checkpoint, seed=cfg.seed).to(device)
+    if not cfg.checkpoint and steps > 0:
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        _train_surrogate(model, opt, unit, clean, generator, device)
+    model.eval()
+    return model, unit_features(model, unit, cfg.cluster_features, cfg.batch_size)
+
+
+def sample_features(model: ClipModel, images: torch.Tensor, captions: list[str], cfg: MEMConfig,
+                    device: str | torch.device = "cpu") -> torch.Tensor:
+    """Features of new samples under a bootstrapped feature model (for cluster assignment)."""
+    unit = _Unit(images, captions, cfg.with_overrides(method="em"), torch.device(device))
+    return unit_features(model, unit, cfg.cluster_features, cfg.batch_size)

@@ -1,0 +1,292 @@
+"""The distributed pipeline on Ray Data (DESIGN section 3).
+
+    plan ─▶ read shards (flat_map) ─▶ [features + k-means ─▶ assign clusters] ─▶ MEM actors ─▶ write shards
+
+``--partition shard``: one work unit per shard (cut into chunks of at most ``unit_size``);
+each actor protects and writes whole shards, so finished shards appear while the run goes
+on. ``--partition cluster``: samples are embedded by a feature model (a local open_clip
+checkpoint when the config names one, else a surrogate bootstrapped on a sample of the
+data), k-means (faiss) is fit on the sample and assigned in parallel, MEM actors protect
+cluster chunks, and the samples are grouped back into their shards for writing.
+
+A named actor holds the shared trigger state: with ``--trigger-scope global`` one trigger is
+searched once and every actor reads it. Resume: a shard with a stats file is done.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import ray
+import torch
+
+from . import __version__
+from .engine import MEMConfig
+from .engine.clusters import assign, kmeans
+from .engine.mem import bootstrap_features, protect_unit, sample_features
+from .engine.surrogate import build_model
+from .engine.text import decode_trigger
+from .images import ImageFormat
+from .protect import RUN_RECORD, Decoded, check_paths, decode_sample, run_unit, split_units, surrogate_batch
+from .shards import RawSample, ShardOutput, iter_shard, list_shards, shard_done, shard_name, write_shard
+from .storage import filesystem, join, redact, write_bytes_atomic
+
+TRIGGER_ACTOR = "mempipe-trigger-state"
+FEATURE_SAMPLE = 2048
+
+
+@ray.remote(num_cpus=0)
+class TriggerState:
+    """The run's shared trigger table: written once by the driver, read by every MEM actor."""
+
+    def __init__(self) -> None:
+        self.triggers: dict[str, list[int]] = {}
+
+    def put(self, scope: str, ids: list[int]) -> None:
+        self.triggers[scope] = list(ids)
+
+    def get(self, scope: str) -> list[int] | None:
+        return self.triggers.get(scope)
+
+    def table(self) -> dict[str, list[int]]:
+        return dict(self.triggers)
+
+
+# ---------------------------------------------------------------- rows <-> samples
+
+def read_rows(row: dict, storage_options: dict | None) -> list[dict]:
+    """All samples of one shard as flat rows; broken ones carry their error."""
+    name = shard_name(row["url"])
+    return [{"shard": name, "pos": pos, "key": s.key, "image": s.image or b"", "ext": s.image_ext or "",
+             "caption": s.caption or "", "meta": json.dumps(s.meta), "error": s.error or "",
+             "warnings": json.dumps(s.warnings)}
+            for pos, s in enumerate(iter_shard(row["url"], storage_options))]
+
+
+def to_raw(row) -> RawSample:
+    return RawSample(key=row["key"], shard=row["shard"], image=row["image"] or None, image_ext=row["ext"] or None,
+                     caption=row["caption"] or None, meta=json.loads(row["meta"]), error=row["error"] or None,
+                     warnings=json.loads(row["warnings"]))
+
+
+def output_row(shard: str, pos: int, out: ShardOutput) -> dict:
+    return {"shard": shard, "pos": int(pos), "key": out.key, "image": out.image or b"", "ext": out.image_ext or "",
+            "caption": out.caption or "", "meta": json.dumps(out.meta), "error": out.error or ""}
+
+
+def from_output_row(row) -> ShardOutput:
+    return ShardOutput(row["key"], row["image"] or None, row["ext"] or None, row["caption"] or None,
+                       json.loads(row["meta"]), row["error"] or None)
+
+
+def _device(gpus_per_actor: float) -> str:
+    return "cuda" if gpus_per_actor and torch.cuda.is_available() else "cpu"
+
+
+class _MEMActor:
+    """Shared set-up of the MEM actors: config, output format, device, shared trigger."""
+
+    def __init__(self, cfg: dict, image_format: str, gpus_per_actor: float, threads: int) -> None:
+        torch.set_num_threads(max(1, threads))
+        self.cfg = MEMConfig(**cfg)
+        self.fmt = ImageFormat.parse(image_format)
+        self.device = _device(gpus_per_actor)
+        self.fixed_trigger = None
+        if self.cfg.uses_trigger and self.cfg.trigger_scope == "global":
+            ids = ray.get(ray.get_actor(TRIGGER_ACTOR).get.remote("global"))
+            self.fixed_trigger = torch.tensor(ids, dtype=torch.long)
+
+    def protect_items(self, items: list[Decoded], unit_prefix: str) -> tuple[dict[str, ShardOutput], list[dict]]:
+        outputs, summaries = {}, []
+        for number, chunk in enumerate(split_units(items, self.cfg.unit_size)):
+            clusters = torch.zeros(len(chunk), dtype=torch.long) if self.cfg.needs_clusters() and unit_prefix.startswith("cluster") else None
+            outs, summary = run_unit(chunk, self.cfg, self.fmt, f"{unit_prefix}-{number}", self.device,
+                                     clusters=clusters, fixed_trigger=self.fixed_trigger)
+            summaries.append(summary)
+            outputs.update({(d.raw.shard, d.raw.key): o for d, o in zip(chunk, outs)})
+        return outputs, summaries
+
+
+class ShardProtector(_MEMActor):
+    """``--partition shard``: protect one whole shard and write it."""
+
+    def __init__(self, output_url: str, storage_options: dict | None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.output_url, self.storage_options = output_url, storage_options
+
+    def __call__(self, group: pd.DataFrame) -> pd.DataFrame:
+        group = group.sort_values("pos")
+        shard = group["shard"].iloc[0]
+        decoded = [decode_sample(to_raw(r)) for r in group.to_dict("records")]
+        items = [d for d in decoded if isinstance(d, Decoded)]
+        outputs, summaries = self.protect_items(items, f"shard-{shard}")
+        ordered = [outputs[(d.raw.shard, d.raw.key)] if isinstance(d, Decoded) else d for d in decoded]
+        stats = write_shard(self.output_url, shard, ordered, storage_options=self.storage_options,
+                            extra_stats={"method": self.cfg.method, "input_shard": shard})
+        return pd.DataFrame([{"shard": shard, "protected": stats["successes"], "failed": stats["failed"],
+                              "units": json.dumps(summaries, default=str)}])
+
+
+class ClusterAssigner:
+    """Adds each sample's cluster id (nearest centroid under the feature model)."""
+
+    def __init__(self, cfg: dict, state_ref, centroids: np.ndarray, gpus_per_actor: float, threads: int) -> None:
+        torch.set_num_threads(max(1, threads))
+        self.cfg = MEMConfig(**cfg)
+        self.device = _device(gpus_per_actor)
+        self.model = build_model(self.cfg.arch, self.cfg.image_size, self.cfg.context_length).to(self.device)
+        state = ray.get(state_ref[0]) if isinstance(state_ref, list) else state_ref
+        self.model.clip.load_state_dict(state)
+        self.model.eval()
+        self.centroids = centroids
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        decoded = [decode_sample(to_raw(r)) for r in batch.to_dict("records")]
+        ok = [i for i, d in enumerate(decoded) if isinstance(d, Decoded)]
+        cluster = np.full(len(batch), -1, dtype=np.int64)
+        if ok:
+            items = [decoded[i] for i in ok]
+            feats = sample_features(self.model, surrogate_batch(items, self.cfg.image_size),
+                                    [d.raw.caption for d in items], self.cfg, self.device)
+            cluster[ok] = assign(feats, self.centroids).numpy()
+        batch = batch.copy()
+        batch["cluster"] = cluster
+        return batch
+
+
+class ClusterProtector(_MEMActor):
+    """``--partition cluster``: protect one cluster (in chunks); rows go on to the shard writer.
+
+    Cluster -1 holds the samples that could not be read or decoded: they leave as failure rows.
+    """
+
+    def __call__(self, group: pd.DataFrame) -> pd.DataFrame:
+        cluster = int(group["cluster"].iloc[0])
+        rows = group.to_dict("records")
+        decoded = [decode_sample(to_raw(r)) for r in rows]
+        items = [d for d in decoded if isinstance(d, Decoded)]
+        outputs, _ = self.protect_items(items, f"cluster{cluster}") if items else ({}, [])
+        out_rows = []
+        for r, d in zip(rows, decoded):
+            out = outputs[(r["shard"], r["key"])] if isinstance(d, Decoded) else d
+            if out.image is not None:
+                out.meta["mempipe"]["cluster"] = cluster
+            out_rows.append(output_row(r["shard"], r["pos"], out))
+        return pd.DataFrame(out_rows)
+
+
+def write_group(group: pd.DataFrame, output_url: str, storage_options: dict | None, method: str) -> pd.DataFrame:
+    group = group.sort_values("pos")
+    shard = group["shard"].iloc[0]
+    stats = write_shard(output_url, shard, [from_output_row(r) for r in group.to_dict("records")],
+                        storage_options=storage_options, extra_stats={"method": method, "input_shard": shard})
+    return pd.DataFrame([{"shard": shard, "protected": stats["successes"], "failed": stats["failed"], "units": "[]"}])
+
+
+# ---------------------------------------------------------------- driver
+
+def _previous_record(output_url: str, storage_options: dict | None) -> dict | None:
+    fs, prefix = filesystem(output_url, storage_options)
+    path = join(prefix, RUN_RECORD)
+    if fs.exists(path):
+        with fs.open(path) as f:
+            return json.load(f)
+    return None
+
+
+def _sample_items(ds: ray.data.Dataset, n: int) -> list[Decoded]:
+    decoded = [decode_sample(to_raw(r)) for r in ds.filter(lambda r: r["error"] == "").limit(n).take_all()]
+    return [d for d in decoded if isinstance(d, Decoded)]
+
+
+def _partitions(groups: int, num_actors: int) -> int:
+    """Shuffle partitions for a groupby: enough to feed the actors, never Ray's default 200."""
+    return max(1, min(groups, 2 * num_actors))
+
+
+def init_ray(address: str | None, num_actors: int) -> None:
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
+    else:  # the embedded default: a local Ray. Logical CPUs are oversubscribed so that two actor
+        # pools, readers and the shuffle of groupby all find a slot; threads follow the real cores.
+        ray.init(num_cpus=max(os.cpu_count() or 1, 4 * num_actors + 8), include_dashboard=False,
+                 ignore_reinit_error=True, log_to_driver=False,
+                 runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("AWS_")}})
+
+
+def run_pipeline(input_url: str, output_url: str, cfg: MEMConfig, image_format: str = "png",
+                 storage_options: dict | None = None, partition: str = "shard", num_actors: int = 2,
+                 gpus_per_actor: float = 0.0, ray_address: str | None = None) -> dict[str, Any]:
+    check_paths(input_url, output_url)
+    ImageFormat.parse(image_format)
+    started = time.time()
+    shards = list_shards(input_url, storage_options)
+    if not shards:
+        raise FileNotFoundError(f"no .tar shards under {input_url}")
+    todo = [s for s in shards if not shard_done(output_url, shard_name(s), storage_options)]
+    previous = _previous_record(output_url, storage_options)
+    record: dict[str, Any] = {
+        "mempipe_version": __version__, "input": input_url, "output": output_url, "engine": "ray",
+        "storage_options": redact(storage_options or {}), "config": cfg.to_dict(), "image_format": image_format,
+        "partition": partition, "num_actors": num_actors, "gpus_per_actor": gpus_per_actor,
+        "shards_total": len(shards), "shards_done_before": len(shards) - len(todo), "shards_written": len(todo),
+    }
+    triggers: dict[str, list[int]] = dict((previous or {}).get("trigger_table") or {})
+    centroids = (previous or {}).get("centroids")
+    counts = {"protected": 0, "failed": 0}
+    if todo:
+        init_ray(ray_address, num_actors)
+        threads = max(1, (os.cpu_count() or 1) // max(1, num_actors))
+        ds = ray.data.from_items([{"url": u} for u in todo], override_num_blocks=len(todo)).flat_map(
+            read_rows, fn_kwargs={"storage_options": storage_options})
+        ds = ds.materialize()  # read once; the steps below reuse it
+        state = TriggerState.options(name=TRIGGER_ACTOR, get_if_exists=True).remote()
+        device = _device(gpus_per_actor)
+        if cfg.uses_trigger and cfg.trigger_scope == "global":
+            if "global" not in triggers:  # searched once per output, reused by later batches of the same output
+                sample = _sample_items(ds, cfg.unit_size)
+                result = protect_unit(surrogate_batch(sample, cfg.image_size), [d.raw.caption for d in sample], cfg, device)
+                triggers["global"] = result.trigger_ids[0].tolist()
+            ray.get(state.put.remote("global", triggers["global"]))
+        actor_kwargs = dict(cfg=cfg.to_dict(), image_format=image_format, gpus_per_actor=gpus_per_actor, threads=threads)
+        if partition == "shard":
+            summary = ds.groupby("shard", num_partitions=_partitions(len(todo), num_actors)).map_groups(
+                ShardProtector, batch_format="pandas", concurrency=num_actors, num_gpus=gpus_per_actor, num_cpus=1,
+                fn_constructor_kwargs={"output_url": output_url, "storage_options": storage_options, **actor_kwargs})
+        else:
+            sample = _sample_items(ds, FEATURE_SAMPLE)
+            model, feats = bootstrap_features(surrogate_batch(sample, cfg.image_size), [d.raw.caption for d in sample],
+                                              cfg, steps=max(1, cfg.train_steps), device=device)
+            if centroids is None:  # later batches keep the first batch's clusters
+                _, fitted = kmeans(feats, cfg.clusters, cfg.seed)
+                centroids = fitted.tolist()
+            state_ref = [ray.put({k: v.cpu() for k, v in model.clip.state_dict().items()})]
+            # every row goes through (unreadable ones get cluster -1 and come out as failure records)
+            assigned = ds.map_batches(ClusterAssigner, batch_format="pandas", batch_size=256, concurrency=num_actors,
+                                      num_cpus=1, num_gpus=gpus_per_actor,
+                                      fn_constructor_kwargs={"cfg": cfg.to_dict(), "state_ref": state_ref,
+                                                             "centroids": np.asarray(centroids, dtype=np.float32),
+                                                             "gpus_per_actor": gpus_per_actor, "threads": threads})
+            protected = assigned.groupby("cluster", num_partitions=_partitions(len(centroids) + 1, num_actors)).map_groups(
+                ClusterProtector, batch_format="pandas", concurrency=num_actors, num_gpus=gpus_per_actor, num_cpus=1,
+                fn_constructor_kwargs=actor_kwargs)
+            summary = protected.groupby("shard", num_partitions=_partitions(len(todo), num_actors)).map_groups(
+                write_group, batch_format="pandas",
+                fn_kwargs={"output_url": output_url, "storage_options": storage_options, "method": cfg.method})
+        rows = summary.take_all()
+        counts["protected"] = int(sum(r["protected"] for r in rows))
+        counts["failed"] = int(sum(r["failed"] for r in rows))
+        record["units"] = [u for r in rows for u in json.loads(r["units"])]
+        ray.kill(state)
+    record.update({"samples_protected": counts["protected"], "samples_failed": counts["failed"],
+                   "trigger_table": triggers, "trigger_text": {k: decode_trigger(v) for k, v in triggers.items()},
+                   "centroids": centroids, "seconds": round(time.time() - started, 2)})
+    fs, prefix = filesystem(output_url, storage_options)
+    write_bytes_atomic(fs, join(prefix, RUN_RECORD), json.dumps(record, indent=1, default=str).encode())
+    return record

@@ -1,0 +1,112 @@
+"""The Ray Data pipeline on a real local Ray: clusters, shared trigger, faults, resume, S3."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from mempipe.cli import main
+from mempipe.demo_data import write_split
+from mempipe.shards import iter_shard
+
+from helpers import image_bytes, make_tar, sample_members
+
+FAST = "outer_iters: 2\ntrain_steps: 6\npgd_steps: 2\nhotflip_iters: 1\ncandidates: 4\nbatch_size: 64\nclusters: 4\n"
+
+
+def keys_in(out):
+    """(protected keys, failed keys) over every output shard."""
+    protected, failed = [], []
+    for tar in sorted(out.glob("*.tar")):
+        protected += [s.key for s in iter_shard(str(tar))]
+    for parquet in sorted(out.glob("*.parquet")):
+        failed += [r["key"] for r in pq.read_table(parquet).to_pylist() if r["status"] != "success"]
+    return protected, failed
+
+
+def input_keys(inp):
+    return [s.key for tar in sorted(inp.glob("*.tar")) for s in iter_shard(str(tar))]
+
+
+@pytest.fixture
+def fast_config(tmp_path):
+    path = tmp_path / "fast.yaml"
+    path.write_text(FAST)
+    return str(path)
+
+
+def test_cluster_partition_with_global_trigger_and_a_faulty_shard(demo_small, tmp_path, fast_config, capsys):
+    inp = tmp_path / "in"
+    shutil.copytree(demo_small / "train", inp)
+    truncated_jpeg = image_bytes(fmt="JPEG", size=(40, 40))[:300]
+    make_tar(inp / "00001.tar", sample_members("trunc", img=truncated_jpeg, ext="jpg")
+             + [("nocap.png", image_bytes())] + sample_members("badjson")[:2] + [("badjson.json", b"{oops")])
+    out = tmp_path / "out"
+    assert main(["protect", str(inp), str(out), "--config", fast_config, "--partition", "cluster", "--num-actors", "2",
+                 "--trigger-scope", "global", "--quiet"]) == 0
+    protected, failed = keys_in(out)
+    assert sorted(protected + failed) == sorted(input_keys(inp))  # every key exactly once
+    assert sorted(failed) == ["nocap", "trunc"] and "badjson" in protected
+    samples = [s for tar in sorted(out.glob("*.tar")) for s in iter_shard(str(tar))]
+    triggers = {s.meta["mempipe"]["trigger"] for s in samples}
+    assert len(triggers) == 1  # one global trigger, read by every actor from the named actor
+    clusters = {s.meta["mempipe"]["cluster"] for s in samples}
+    assert clusters <= {0, 1, 2, 3} and len(clusters) > 1
+    assert all(s.meta["mempipe"]["max_delta"] <= 8 for s in samples)
+    record = json.loads((out / "mempipe_run.json").read_text())
+    assert record["engine"] == "ray" and record["trigger_text"]["global"] == triggers.pop()
+    assert len(record["centroids"]) == 4 and record["samples_protected"] == len(protected)
+    # a finished run, started again, does nothing
+    assert main(["protect", str(inp), str(out), "--config", fast_config, "--partition", "cluster", "--quiet"]) == 0
+    assert json.loads((out / "mempipe_run.json").read_text())["shards_written"] == 0
+
+
+def test_kill_the_driver_mid_run_then_resume(tmp_path, fast_config):
+    inp = tmp_path / "in"
+    write_split(str(inp), 250, 64, seed=2, first_index=0, per_shard=50)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "mempipe.cli", "protect", str(inp), str(out), "--config", fast_config,
+           "--partition", "shard", "--num-actors", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(out.glob("*_stats.json")) and proc.poll() is None:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
+    proc.wait()
+    done_first = sorted(p.name for p in out.glob("*_stats.json"))
+    assert 1 <= len(done_first) < 5, done_first
+    mtimes = {name: (out / name.replace("_stats.json", ".tar")).stat().st_mtime for name in done_first}
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    summary = json.loads(rerun.stdout.strip().splitlines()[-1])
+    assert summary["shards_written"] == 5 - len(done_first)
+    for name, mtime in mtimes.items():  # finished shards were not redone
+        assert (out / name.replace("_stats.json", ".tar")).stat().st_mtime == mtime
+    protected, failed = keys_in(out)
+    assert sorted(protected) == sorted(input_keys(inp)) and not failed  # every key exactly once
+    print(f"resume: {len(done_first)} shards done before the kill, {summary['shards_written']} after")
+
+
+def test_s3_to_s3(demo_small, s3_bucket, fast_config):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": os.environ["AWS_ENDPOINT_URL"]})
+    for path in (demo_small / "test").iterdir():
+        fs.put_file(str(path), f"{s3_bucket}/in/{path.name}")
+    cmd = [sys.executable, "-m", "mempipe.cli", "protect", f"s3://{s3_bucket}/in", f"s3://{s3_bucket}/out",
+           "--config", fast_config, "--num-actors", "1", "--quiet"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=os.environ.copy())
+    assert run.returncode == 0, run.stderr[-2000:]
+    fs.invalidate_cache()
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{s3_bucket}/out"))
+    assert names == ["00000.parquet", "00000.tar", "00000_stats.json", "mempipe_run.json"]
+    protected = list(iter_shard(f"s3://{s3_bucket}/out/00000.tar"))
+    assert len(protected) == 60
+    record = json.loads(fs.cat_file(f"{s3_bucket}/out/mempipe_run.json"))
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in json.dumps(record)
