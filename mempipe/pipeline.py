@@ -112,23 +112,25 @@ class _MEMActor:
 
 
 class ShardProtector(_MEMActor):
-    """``--partition shard``: protect one whole shard and write it."""
+    """``--partition shard``: read one whole shard, protect it, write it (streaming, no shuffle)."""
 
     def __init__(self, output_url: str, storage_options: dict | None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.output_url, self.storage_options = output_url, storage_options
 
-    def __call__(self, group: pd.DataFrame) -> pd.DataFrame:
-        group = group.sort_values("pos")
-        shard = group["shard"].iloc[0]
-        decoded = [decode_sample(to_raw(r)) for r in group.to_dict("records")]
-        items = [d for d in decoded if isinstance(d, Decoded)]
-        outputs, summaries = self.protect_items(items, f"shard-{shard}")
-        ordered = [outputs[(d.raw.shard, d.raw.key)] if isinstance(d, Decoded) else d for d in decoded]
-        stats = write_shard(self.output_url, shard, ordered, storage_options=self.storage_options,
-                            extra_stats={"method": self.cfg.method, "input_shard": shard})
-        return pd.DataFrame([{"shard": shard, "protected": stats["successes"], "failed": stats["failed"],
-                              "units": json.dumps(summaries, default=str)}])
+    def __call__(self, batch: dict) -> dict:
+        summaries = []
+        for url in batch["url"]:
+            shard = shard_name(url)
+            decoded = [decode_sample(raw) for raw in iter_shard(url, self.storage_options)]
+            items = [d for d in decoded if isinstance(d, Decoded)]
+            outputs, units = self.protect_items(items, f"shard-{shard}")
+            ordered = [outputs[(d.raw.shard, d.raw.key)] if isinstance(d, Decoded) else d for d in decoded]
+            stats = write_shard(self.output_url, shard, ordered, storage_options=self.storage_options,
+                                extra_stats={"method": self.cfg.method, "input_shard": shard})
+            summaries.append({"shard": shard, "protected": stats["successes"], "failed": stats["failed"],
+                              "units": json.dumps(units, default=str)})
+        return {k: np.array([s[k] for s in summaries]) for k in ("shard", "protected", "failed", "units")}
 
 
 class ClusterAssigner:
@@ -211,6 +213,7 @@ def _partitions(groups: int, num_actors: int) -> int:
 def init_ray(address: str | None, num_actors: int) -> None:
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit` and on KubeRay pods
     if address:
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
     else:  # the embedded default: a local Ray. Logical CPUs are oversubscribed so that two actor
@@ -243,9 +246,11 @@ def run_pipeline(input_url: str, output_url: str, cfg: MEMConfig, image_format: 
     if todo:
         init_ray(ray_address, num_actors)
         threads = max(1, (os.cpu_count() or 1) // max(1, num_actors))
-        ds = ray.data.from_items([{"url": u} for u in todo], override_num_blocks=len(todo)).flat_map(
-            read_rows, fn_kwargs={"storage_options": storage_options})
-        ds = ds.materialize()  # read once; the steps below reuse it
+        urls = ray.data.from_items([{"url": u} for u in todo], override_num_blocks=len(todo))
+        ds = None
+        if partition == "cluster" or (cfg.uses_trigger and cfg.trigger_scope == "global" and "global" not in triggers):
+            # samples cross shards here: read once into Ray's object store (it spills to disk when full)
+            ds = urls.flat_map(read_rows, fn_kwargs={"storage_options": storage_options}).materialize()
         state = TriggerState.options(name=TRIGGER_ACTOR, get_if_exists=True).remote()
         device = _device(gpus_per_actor)
         if cfg.uses_trigger and cfg.trigger_scope == "global":
@@ -256,8 +261,8 @@ def run_pipeline(input_url: str, output_url: str, cfg: MEMConfig, image_format: 
             ray.get(state.put.remote("global", triggers["global"]))
         actor_kwargs = dict(cfg=cfg.to_dict(), image_format=image_format, gpus_per_actor=gpus_per_actor, threads=threads)
         if partition == "shard":
-            summary = ds.groupby("shard", num_partitions=_partitions(len(todo), num_actors)).map_groups(
-                ShardProtector, batch_format="pandas", concurrency=num_actors, num_gpus=gpus_per_actor, num_cpus=1,
+            summary = urls.map_batches(
+                ShardProtector, batch_size=1, concurrency=num_actors, num_gpus=gpus_per_actor, num_cpus=1,
                 fn_constructor_kwargs={"output_url": output_url, "storage_options": storage_options, **actor_kwargs})
         else:
             sample = _sample_items(ds, FEATURE_SAMPLE)
