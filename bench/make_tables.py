@@ -48,6 +48,14 @@ def performance_table() -> str:
         t = json.loads(tp.read_text())
         lines.append(f"| CPU overhead ratio (MEM loop ÷ same model work in a tight loop) | {t['overhead_ratio']:.3f} | {t['host']} |")
         lines.append(f"| cpu-tiny MEM throughput | {t['mem_samples_per_s']:.2f} samples/s | {t['host']} |")
+    mem = RESULTS / "memory.json"
+    if mem.exists():
+        m = json.loads(mem.read_text())
+        for r in m["runs"]:
+            lines.append(f"| Ray pipeline peak RSS, {r['samples']} demo samples (driver / whole process tree) | "
+                         f"{r['peak_driver_rss_mib']:.0f} / {r['peak_tree_rss_mib']:.0f} MiB, {r['seconds']} s | {m['host']} (2 cores) |")
+        lines.append(f"| peak RSS ratio {m['runs'][-1]['samples']} ÷ {m['runs'][0]['samples']} samples (tree / driver) | "
+                     f"{m['ratio_tree']} / {m['ratio_driver']} | {m['host']} |")
     gc = RESULTS / "gpu_check.json"
     if gc.exists():
         g = json.loads(gc.read_text())
