@@ -100,10 +100,15 @@ class _MEMActor:
             ids = ray.get(ray.get_actor(TRIGGER_ACTOR).get.remote("global"))
             self.fixed_trigger = torch.tensor(ids, dtype=torch.long)
 
-    def protect_items(self, items: list[Decoded], unit_prefix: str) -> tuple[dict[str, ShardOutput], list[dict]]:
+    def protect_items(self, items: list[Decoded], unit_prefix: str,
+                      cluster_of: dict | None = None) -> tuple[dict[str, ShardOutput], list[dict]]:
+        """MEM over chunks of at most unit_size; ``cluster_of`` gives the pipeline's cluster ids."""
         outputs, summaries = {}, []
         for number, chunk in enumerate(split_units(items, self.cfg.unit_size)):
-            clusters = torch.zeros(len(chunk), dtype=torch.long) if self.cfg.needs_clusters() and unit_prefix.startswith("cluster") else None
+            clusters = None
+            if cluster_of is not None:  # the engine wants ids 0..m-1 inside the unit
+                ids = [cluster_of[(d.raw.shard, d.raw.key)] for d in chunk]
+                clusters = torch.unique(torch.tensor(ids), return_inverse=True)[1]
             outs, summary = run_unit(chunk, self.cfg, self.fmt, f"{unit_prefix}-{number}", self.device,
                                      clusters=clusters, fixed_trigger=self.fixed_trigger)
             summaries.append(summary)
@@ -161,22 +166,23 @@ class ClusterAssigner:
 
 
 class ClusterProtector(_MEMActor):
-    """``--partition cluster``: protect one cluster (in chunks); rows go on to the shard writer.
+    """``--partition cluster``: protect one work unit of whole clusters; rows go on to the shard writer.
 
-    Cluster -1 holds the samples that could not be read or decoded: they leave as failure rows.
+    Unit -1 holds the samples that could not be read or decoded: they leave as failure rows.
     """
 
     def __call__(self, group: pd.DataFrame) -> pd.DataFrame:
-        cluster = int(group["cluster"].iloc[0])
-        rows = group.to_dict("records")
+        unit = int(group["unit"].iloc[0])
+        rows = group.sort_values(["cluster", "shard", "pos"]).to_dict("records")
         decoded = [decode_sample(to_raw(r)) for r in rows]
         items = [d for d in decoded if isinstance(d, Decoded)]
-        outputs, _ = self.protect_items(items, f"cluster{cluster}") if items else ({}, [])
+        cluster_of = {(r["shard"], r["key"]): int(r["cluster"]) for r in rows}
+        outputs, _ = self.protect_items(items, f"unit{unit}", cluster_of) if items else ({}, [])
         out_rows = []
         for r, d in zip(rows, decoded):
             out = outputs[(r["shard"], r["key"])] if isinstance(d, Decoded) else d
             if out.image is not None:
-                out.meta["mempipe"]["cluster"] = cluster
+                out.meta["mempipe"]["cluster"] = int(r["cluster"])
             out_rows.append(output_row(r["shard"], r["pos"], out))
         return pd.DataFrame(out_rows)
 
@@ -203,6 +209,33 @@ def _previous_record(output_url: str, storage_options: dict | None) -> dict | No
 def _sample_items(ds: ray.data.Dataset, n: int) -> list[Decoded]:
     decoded = [decode_sample(to_raw(r)) for r in ds.filter(lambda r: r["error"] == "").limit(n).take_all()]
     return [d for d in decoded if isinstance(d, Decoded)]
+
+
+def pack_clusters(sizes: dict[int, int], unit_size: int) -> dict[int, int]:
+    """Work units of whole clusters, at most unit_size samples each (first-fit decreasing).
+
+    Every unit trains its own surrogate, so units of one small cluster each would multiply
+    the surrogate work; a cluster larger than a unit is cut into chunks by the actor.
+    Cluster -1 (unreadable samples) gets unit -1.
+    """
+    unit_of, loads = {}, []
+    for cluster, size in sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0])):
+        if cluster < 0:
+            unit_of[cluster] = -1
+            continue
+        slot = next((i for i, load in enumerate(loads) if load + size <= unit_size), None)
+        if slot is None:
+            loads.append(0)
+            slot = len(loads) - 1
+        loads[slot] += size
+        unit_of[cluster] = slot
+    return unit_of
+
+
+def _with_unit(batch: pd.DataFrame, unit_of: dict[int, int]) -> pd.DataFrame:
+    batch = batch.copy()
+    batch["unit"] = batch["cluster"].map(unit_of).astype("int64")
+    return batch
 
 
 def _partitions(groups: int, num_actors: int) -> int:
@@ -278,7 +311,11 @@ def run_pipeline(input_url: str, output_url: str, cfg: MEMConfig, image_format: 
                                       fn_constructor_kwargs={"cfg": cfg.to_dict(), "state_ref": state_ref,
                                                              "centroids": np.asarray(centroids, dtype=np.float32),
                                                              "gpus_per_actor": gpus_per_actor, "threads": threads})
-            protected = assigned.groupby("cluster", num_partitions=_partitions(len(centroids) + 1, num_actors)).map_groups(
+            assigned = assigned.materialize()
+            sizes = {int(r["cluster"]): int(r["count()"]) for r in assigned.groupby("cluster").count().take_all()}
+            unit_of = pack_clusters(sizes, cfg.unit_size)
+            assigned = assigned.map_batches(_with_unit, batch_format="pandas", fn_kwargs={"unit_of": unit_of})
+            protected = assigned.groupby("unit", num_partitions=_partitions(len(set(unit_of.values())), num_actors)).map_groups(
                 ClusterProtector, batch_format="pandas", concurrency=num_actors, num_gpus=gpus_per_actor, num_cpus=1,
                 fn_constructor_kwargs=actor_kwargs)
             summary = protected.groupby("shard", num_partitions=_partitions(len(todo), num_actors)).map_groups(

@@ -110,3 +110,17 @@ def test_s3_to_s3(demo_small, s3_bucket, fast_config):
     assert len(protected) == 60
     record = json.loads(fs.cat_file(f"{s3_bucket}/out/mempipe_run.json"))
     assert os.environ["AWS_SECRET_ACCESS_KEY"] not in json.dumps(record)
+
+
+def test_clusters_are_packed_into_bounded_units():
+    from mempipe.pipeline import pack_clusters
+
+    sizes = {0: 900, 1: 700, 2: 400, 3: 300, 4: 2500, -1: 3}
+    unit_of = pack_clusters(sizes, 1000)
+    assert unit_of[-1] == -1
+    loads = {}
+    for cluster, unit in unit_of.items():
+        if cluster >= 0:
+            loads[unit] = loads.get(unit, 0) + sizes[cluster]
+    assert all(load <= 1000 for u, load in loads.items() if u != unit_of[4])  # 4 alone, cut into chunks later
+    assert len(loads) == 4  # {4}, {0}, {1, 3}, {2}: not one unit per cluster
