@@ -47,7 +47,9 @@ def performance_table() -> str:
     if tp.exists():
         t = json.loads(tp.read_text())
         lines.append(f"| CPU overhead ratio (MEM loop ÷ same model work in a tight loop) | {t['overhead_ratio']:.3f} | {t['host']} |")
-        lines.append(f"| cpu-tiny MEM throughput | {t['mem_samples_per_s']:.2f} samples/s | {t['host']} |")
+        what = f"{t['samples']} samples, {t['config']['outer_iters']} rounds x {t['config']['train_steps']} surrogate steps"
+        lines.append(f"| cpu-tiny MEM throughput ({what}{', --quick' if t.get('quick') else ''}) | "
+                     f"{t['mem_samples_per_s']:.2f} samples/s | {t['host']}, {t['threads']} threads |")
     mem = RESULTS / "memory.json"
     if mem.exists():
         m = json.loads(mem.read_text())

@@ -278,7 +278,8 @@ def run_pipeline(input_url: str, output_url: str, cfg: MEMConfig, image_format: 
     counts = {"protected": 0, "failed": 0}
     if todo:
         init_ray(ray_address, num_actors)
-        threads = max(1, (os.cpu_count() or 1) // max(1, num_actors))
+        cores = os.cpu_count() or 1
+        threads = max(1, cores // max(1, num_actors))
         urls = ray.data.from_items([{"url": u} for u in todo], override_num_blocks=len(todo))
         ds = None
         if partition == "cluster" or (cfg.uses_trigger and cfg.trigger_scope == "global" and "global" not in triggers):
@@ -294,8 +295,11 @@ def run_pipeline(input_url: str, output_url: str, cfg: MEMConfig, image_format: 
             ray.get(state.put.remote("global", triggers["global"]))
         actor_kwargs = dict(cfg=cfg.to_dict(), image_format=image_format, gpus_per_actor=gpus_per_actor, threads=threads)
         if partition == "shard":
+            # never more actors than shards: the cores go to the actors that have work
+            actors = min(num_actors, len(todo))
+            actor_kwargs["threads"] = max(1, cores // actors)
             summary = urls.map_batches(
-                ShardProtector, batch_size=1, concurrency=num_actors, num_gpus=gpus_per_actor, num_cpus=1,
+                ShardProtector, batch_size=1, concurrency=actors, num_gpus=gpus_per_actor, num_cpus=1,
                 fn_constructor_kwargs={"output_url": output_url, "storage_options": storage_options, **actor_kwargs})
         else:
             sample = _sample_items(ds, FEATURE_SAMPLE)
@@ -315,8 +319,11 @@ def run_pipeline(input_url: str, output_url: str, cfg: MEMConfig, image_format: 
             sizes = {int(r["cluster"]): int(r["count()"]) for r in assigned.groupby("cluster").count().take_all()}
             unit_of = pack_clusters(sizes, cfg.unit_size)
             assigned = assigned.map_batches(_with_unit, batch_format="pandas", fn_kwargs={"unit_of": unit_of})
-            protected = assigned.groupby("unit", num_partitions=_partitions(len(set(unit_of.values())), num_actors)).map_groups(
-                ClusterProtector, batch_format="pandas", concurrency=num_actors, num_gpus=gpus_per_actor, num_cpus=1,
+            units = len(set(unit_of.values()))
+            actors = min(num_actors, units)
+            actor_kwargs["threads"] = max(1, cores // actors)
+            protected = assigned.groupby("unit", num_partitions=_partitions(units, num_actors)).map_groups(
+                ClusterProtector, batch_format="pandas", concurrency=actors, num_gpus=gpus_per_actor, num_cpus=1,
                 fn_constructor_kwargs=actor_kwargs)
             summary = protected.groupby("shard", num_partitions=_partitions(len(todo), num_actors)).map_groups(
                 write_group, batch_format="pandas",
