@@ -36,7 +36,7 @@ def tree_rss(root: psutil.Process) -> tuple[int, int, int]:
         try:
             total += p.memory_info().rss
         except psutil.Error:
-            pass
+            pass  # the process ended between listing and reading it
     return root.memory_info().rss, total, len(procs)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 
 import numpy as np
 from PIL import Image, ImageDraw

@@ -82,7 +82,6 @@ def _read_all(tmp_path, members):
 
 
 def test_bad_inputs_become_records_and_the_shard_goes_on(tmp_path):
-    bomb = image_bytes(size=(20, 20))
     members = (
         sample_members("ok1")
         + sample_members("notimage", img=b"this is not an image")
