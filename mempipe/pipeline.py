@@ -52,9 +52,6 @@ class TriggerState:
     def get(self, scope: str) -> list[int] | None:
         return self.triggers.get(scope)
 
-    def table(self) -> dict[str, list[int]]:
-        return dict(self.triggers)
-
 
 # ---------------------------------------------------------------- rows <-> samples
 
@@ -141,13 +138,13 @@ class ShardProtector(_MEMActor):
 class ClusterAssigner:
     """Adds each sample's cluster id (nearest centroid under the feature model)."""
 
-    def __init__(self, cfg: dict, state_ref, centroids: np.ndarray, gpus_per_actor: float, threads: int) -> None:
+    def __init__(self, cfg: dict, state_ref: list, centroids: np.ndarray, gpus_per_actor: float, threads: int) -> None:
         torch.set_num_threads(max(1, threads))
         self.cfg = MEMConfig(**cfg)
         self.device = _device(gpus_per_actor)
         self.model = build_model(self.cfg.arch, self.cfg.image_size, self.cfg.context_length).to(self.device)
-        state = ray.get(state_ref[0]) if isinstance(state_ref, list) else state_ref
-        self.model.clip.load_state_dict(state)
+        # the weights travel once through the object store; the list keeps Ray from copying them per actor call
+        self.model.clip.load_state_dict(ray.get(state_ref[0]))
         self.model.eval()
         self.centroids = centroids
 
