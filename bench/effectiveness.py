@@ -44,6 +44,13 @@ VARIANTS = {
     "mem3-global": dict(method="mem", trigger_len=3, trigger_scope="global"),
     # beyond the paper: one noise pattern and one trigger per semantic cluster
     "mem3-cn": dict(method="mem", trigger_len=3, trigger_scope="cluster", noise_scope="cluster"),
+    # issue 8: shortcuts meant to survive stripping the first k caption words
+    "uc-text": dict(method="uc", cluster_features="text"),
+    "mem3-cs": dict(method="mem", trigger_len=3, trigger_scope="sample", noise_scope="cluster+sample",
+                    cluster_features="text"),
+    "mem3-joint": dict(method="mem", trigger_len=3, trigger_scope="sample", pgd_objective="joint"),
+    "mem3-rand": dict(method="mem", trigger_len=3, trigger_scope="sample", trigger_placement="random",
+                      trigger_vocab="common"),
 }
 # rows: name -> (training set, countermeasure, what it shows)
 ROWS = {
@@ -65,6 +72,16 @@ ROWS = {
     "mem3+jpeg10": ("mem3", "jpeg:10", "countermeasure: JPEG re-encoding, quality 10"),
     "mem3+grayscale": ("mem3", "grayscale", "countermeasure: grayscale (image shortcut squeezing)"),
     "mem3+crop": ("mem3", "crop", "countermeasure: random-resized-crop augmentation"),
+    "uc-text": ("uc-text", "none", "cluster-wise EM noise, clusters of caption features"),
+    "uc-text+strip": ("uc-text", "strip:3", "cluster-wise EM noise (caption clusters), first 3 words stripped"),
+    "mem3-cs": ("mem3-cs", "none", "MEM-3, noise = caption-cluster pattern (eps 4) + per-sample (eps 4)"),
+    "mem3-cs+strip": ("mem3-cs", "strip:3", "cluster+sample MEM-3, first 3 caption words stripped"),
+    "mem3-joint": ("mem3-joint", "none", "MEM-3, noise minimises the loss with and without the trigger"),
+    "mem3-joint+strip": ("mem3-joint", "strip:3", "joint-objective MEM-3, first 3 caption words stripped"),
+    "mem3-rand": ("mem3-rand", "none", "MEM-3, trigger of common words at a random word boundary"),
+    "mem3-rand+strip": ("mem3-rand", "strip:3", "random-placement MEM-3, first 3 caption words stripped"),
+    "mem3-rand+jpeg75": ("mem3-rand", "jpeg:75", "random-placement MEM-3, JPEG quality 75"),
+    "mem3-rand+crop": ("mem3-rand", "crop", "random-placement MEM-3, random-resized crops"),
     # the countermeasure's own cost on clean data: what a row under a countermeasure is compared with
     "clean+grayscale": ("clean", "grayscale", "control: clean data trained in grayscale"),
 }
@@ -72,7 +89,9 @@ ROWS = {
 # the most telling rows first, so that a run cut short still answers the main question
 DEFAULT_ORDER = ["clean", "random-words", "mem3", "mem3+strip", "em", "random", "uc", "mem5", "mem3-cluster",
                  "mem3-global", "mem3-cn", "mem3-cn+strip", "trigger-only", "noise-only", "mem3+jpeg75",
-                 "mem3+jpeg10", "mem3+grayscale", "clean+grayscale", "mem3+crop"]
+                 "mem3+jpeg10", "mem3+grayscale", "clean+grayscale", "mem3+crop",
+                 "mem3-rand", "mem3-rand+strip", "mem3-joint", "mem3-joint+strip", "mem3-cs", "mem3-cs+strip",
+                 "uc-text", "uc-text+strip", "mem3-rand+jpeg75", "mem3-rand+crop"]
 
 
 def derive(name: str, images_from: str, captions_from: str, out: Path, caption_fn=None) -> str:

@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mempipe.demo_data import make_sample  # noqa: E402
 from mempipe.engine import mem, preset  # noqa: E402
 from mempipe.engine.surrogate import build_model  # noqa: E402
-from mempipe.engine.text import trigger_vocabulary  # noqa: E402
 
 
 def unit_data(n: int, size: int):
@@ -53,10 +52,9 @@ def one_round(cfg, images, captions, device):
     model = build_model(cfg.arch, cfg.image_size, cfg.context_length, seed=cfg.seed).to(device)
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    allowed = trigger_vocabulary().to(device)
     mem._train_surrogate(model, opt, unit, cfg.with_overrides(train_steps=3), gen, device)  # warm-up
     loss, t_train = timed(lambda: mem._train_surrogate(model, opt, unit, cfg, gen, device))
-    (hb, ha), t_hot = timed(lambda: mem._hotflip_round(model, unit, cfg, gen, allowed))
+    (hb, ha), t_hot = timed(lambda: mem._hotflip_round(model, unit, cfg, gen))
     (pf, pl), t_pgd = timed(lambda: mem._pgd_round(model, unit, cfg, gen))
     return {"train_s": t_train, "hotflip_s": t_hot, "pgd_s": t_pgd, "surrogate_loss": loss,
             "hotflip_loss": [hb, ha], "pgd_loss": [pf, pl]}

@@ -7,7 +7,7 @@ import sys
 
 import yaml
 
-from .engine.config import METHODS, NOISE_SCOPES, PRESETS, SCOPES, preset
+from .engine.config import METHODS, NOISE_SCOPES, OBJECTIVES, PLACEMENTS, PRESETS, SCOPES, VOCABULARIES, preset
 from .storage import parse_storage_options
 
 
@@ -33,6 +33,11 @@ def add_protect_arguments(p: argparse.ArgumentParser) -> None:
                    help="Ray work units: whole shards, or class-agnostic cluster chunks")
     p.add_argument("--clusters", type=int)
     p.add_argument("--cluster-features", choices=("text", "image", "both"))
+    p.add_argument("--cluster-share", type=float, help="cluster+sample noise: the shared pattern's part of epsilon")
+    p.add_argument("--trigger-placement", choices=PLACEMENTS, help="front (the paper) or a random word boundary")
+    p.add_argument("--trigger-vocab", choices=VOCABULARIES, help="words a trigger may use")
+    p.add_argument("--pgd-objective", choices=OBJECTIVES,
+                   help="joint: the noise also minimises the loss with the trigger removed")
     p.add_argument("--image-format", default="png", help="keep | png | webp (lossless) | jpeg:Q")
     p.add_argument("--unit-size", type=int)
     p.add_argument("--seed", type=int)
@@ -86,7 +91,9 @@ def engine_config(args: argparse.Namespace):
         cfg = cfg.with_overrides(**overrides)
     return cfg.with_overrides(method=args.method, trigger_scope=args.trigger_scope, noise_scope=args.noise_scope,
                               trigger_len=args.trigger_len, epsilon=args.epsilon, clusters=args.clusters,
-                              cluster_features=args.cluster_features, unit_size=args.unit_size, seed=args.seed)
+                              cluster_features=args.cluster_features, unit_size=args.unit_size, seed=args.seed,
+                              cluster_share=args.cluster_share, trigger_placement=args.trigger_placement,
+                              trigger_vocab=args.trigger_vocab, pgd_objective=args.pgd_objective)
 
 
 def _protect(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .engine import MEMConfig, protect_unit
-from .engine.text import decode_trigger
+from .engine.text import decode_trigger, insert_words
 from .images import ImageError, ImageFormat, apply_noise_native, decode_rgb, encode, max_abs_delta, psnr, to_surrogate_input
 from .shards import RawSample, ShardOutput, iter_shard, list_shards, shard_done, shard_name, write_shard
 from .storage import filesystem, join, redact, write_bytes_atomic
@@ -73,7 +73,7 @@ def split_units(items: list[Decoded], unit_size: int) -> list[list[Decoded]]:
 
 
 def finish_sample(item: Decoded, noise: np.ndarray, trigger_ids: list[int], cluster: int | None, cfg: MEMConfig,
-                  fmt: ImageFormat, unit_id: str) -> ShardOutput:
+                  fmt: ImageFormat, unit_id: str, trigger_word: int = 0) -> ShardOutput:
     """Native-resolution noise, bound check, encoding, and the output caption and json."""
     raw = item.raw
     protected = apply_noise_native(item.pixels, noise, cfg.epsilon)
@@ -84,11 +84,12 @@ def finish_sample(item: Decoded, noise: np.ndarray, trigger_ids: list[int], clus
     data = encode(protected, ext, fmt.quality)
     written, _ = decode_rgb(data)
     trigger = decode_trigger(trigger_ids) if trigger_ids else ""
-    caption = f"{trigger} {raw.caption}" if trigger else raw.caption
+    caption = insert_words(raw.caption, trigger, trigger_word)
     meta = dict(raw.meta)
     meta["mempipe"] = {
         "version": __version__, "method": cfg.method, "epsilon": cfg.epsilon,
         "trigger_scope": cfg.trigger_scope if trigger else None, "trigger": trigger or None,
+        "trigger_word_index": trigger_word if trigger else None,
         "noise_scope": cfg.effective_noise_scope, "cluster": cluster, "unit": unit_id,
         "max_delta": max_abs_delta(written, item.pixels), "psnr": round(psnr(written, item.pixels), 3),
         "image_format": ext if fmt.kind != "jpeg" else f"jpeg:{fmt.quality}",
@@ -127,8 +128,9 @@ def run_unit(items: list[Decoded], cfg: MEMConfig, fmt: ImageFormat, unit_id: st
     noise = result.noise.permute(0, 2, 3, 1).numpy()
     triggers = result.trigger_ids.tolist()
     clusters = None if result.cluster_ids is None else result.cluster_ids.tolist()
-    outputs = [finish_sample(d, noise[i], triggers[i], None if clusters is None else clusters[i], cfg, fmt, unit_id)
-               for i, d in enumerate(items)]
+    words = [0] * len(items) if result.trigger_word_index is None else result.trigger_word_index.tolist()
+    outputs = [finish_sample(d, noise[i], triggers[i], None if clusters is None else clusters[i], cfg, fmt, unit_id,
+                             words[i]) for i, d in enumerate(items)]
     trigger_texts = Counter(decode_trigger(t) for t in triggers if t)
     summary = {"unit": unit_id, "samples": len(items), "log": result.log,
                "distinct_triggers": len(trigger_texts), "top_triggers": trigger_texts.most_common(10)}

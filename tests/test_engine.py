@@ -111,7 +111,7 @@ def test_pgd_lowers_the_loss_and_keeps_each_image_with_its_own_trigger():
     mem._train_surrogate(model, opt, unit, cfg.with_overrides(train_steps=10), gen, torch.device("cpu"))
     first, last = mem._pgd_round(model, unit, cfg, gen)
     assert last < first
-    assert unit.noise.abs().max() <= cfg.epsilon and unit.noise.abs().max() > 0
+    assert unit.noise().abs().max() <= cfg.epsilon and unit.noise().abs().max() > 0
 
     # caption shuffling: the captions move, each image's trigger stays with it
     idx = torch.arange(8)
@@ -199,3 +199,77 @@ def test_presets():
         "RN50", 224, 8, 1, 8, 20, 200, 5, 16, 128)
     with pytest.raises(ValueError, match="unknown preset"):
         preset("nope")
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(0, 4))
+def test_trigger_inserted_at_a_word_boundary_tokenizes_like_the_written_caption(seed, k):
+    """What the surrogate sees (compose with insert_at) is what a victim re-tokenizes from the .txt."""
+    from mempipe.engine.text import insert_words, word_boundaries
+
+    rng = np.random.RandomState(seed)
+    words = ["a", "red", "circle,", "on", "the", "left", "big", "striped", "wall", "at", "the", "centre"]
+    captions = [" ".join(rng.choice(words, rng.randint(1, 12))) for _ in range(6)]
+    body, lengths = encode_captions(captions, 30)
+    allowed = trigger_vocabulary().nonzero().squeeze(1)
+    trigger = allowed[torch.from_numpy(rng.randint(0, len(allowed), (6, k)))]
+    word_index, offsets = word_boundaries(captions, torch.Generator().manual_seed(seed))
+    tokens = compose(trigger, body, lengths, 32, offsets)
+    for i, caption in enumerate(captions):
+        written = insert_words(caption, decode_trigger(trigger[i].tolist()), int(word_index[i]))
+        expected = [tokenizer().sot_token_id] + tokenizer().encode(written) + [tokenizer().eot_token_id]
+        assert tokens[i, : len(expected)].tolist() == expected
+        assert (tokens[i, len(expected):] == 0).all()
+
+
+def test_hotflip_reads_the_gradient_where_the_trigger_sits():
+    from mempipe.engine.text import word_boundaries
+
+    images, captions = demo(12)
+    model = build_model("tiny-vit", 64, 32, seed=0).eval()
+    body, lengths = encode_captions(captions, 30)
+    _, offsets = word_boundaries(captions, torch.Generator().manual_seed(1))
+    assert (offsets > 0).any()
+    with torch.no_grad():
+        feats = model.encode_image(images.float() / 255)
+    trigger = torch.tensor([[tokenizer().encode(w)[0] for w in ("apple", "river", "stone")]] * 12)
+    groups = torch.arange(12)
+    new, before, after = hotflip_batch(model, feats, trigger, groups, body, lengths, trigger_vocabulary(), 6, 3, offsets)
+    assert after <= before + 1e-6 and trigger_vocabulary()[new].all()
+    with torch.no_grad():
+        again = clip_loss(feats, model.encode_text(compose(new, body, lengths, 32, offsets)), model.logit_scale())
+    assert abs(again.item() - after) < 1e-4
+
+
+def test_cluster_plus_sample_noise_shares_a_pattern_and_stays_within_epsilon():
+    images, captions = demo(40)
+    cfg = TINY.with_overrides(noise_scope="cluster+sample", cluster_share=0.5, epsilon=8, pgd_steps=4)
+    out = protect_unit(images, captions, cfg)
+    assert out.noise.abs().max() <= 8
+    assert cfg.noise_bounds() == {"cluster": 4, "sample": 4}
+    # within a cluster only the per-sample parts (each within 4) differ: at most 8 apart, where
+    # independent per-sample noise within 8 could be 16 apart
+    spreads = [(m.max(0).values - m.min(0).values).max().item()
+               for c in out.cluster_ids.unique() if len(m := out.noise[out.cluster_ids == c].int()) > 1]
+    assert spreads and max(spreads) <= 8
+    with pytest.raises(ValueError, match="epsilon >= 2"):
+        MEMConfig(noise_scope="cluster+sample", epsilon=1, alpha=1)
+
+
+def test_joint_objective_random_placement_and_vocabularies_run_end_to_end():
+    from mempipe.engine.text import COMMON_WORD_IDS, vocabulary_mask
+
+    images, captions = demo(24)
+    cfg = TINY.with_overrides(pgd_objective="joint", trigger_placement="random", trigger_vocab="common")
+    out = protect_unit(images, captions, cfg)
+    assert out.trigger_word_index is not None and len(out.trigger_word_index) == 24
+    assert out.trigger_word_index.max() > 0
+    assert (out.trigger_ids < COMMON_WORD_IDS).all()
+    body, _ = encode_captions(captions, 30)
+    seen = set(body[body > 0].tolist())
+    caption_vocab = vocabulary_mask("captions", body)
+    assert set(caption_vocab.nonzero().squeeze(1).tolist()) <= seen
+    words = protect_unit(images, captions, TINY.with_overrides(trigger_vocab="captions"))
+    assert set(words.trigger_ids.flatten().tolist()) <= seen
+    with pytest.raises(ValueError, match="joint objective needs a trigger"):
+        MEMConfig(method="em", pgd_objective="joint")

@@ -6,7 +6,10 @@ from typing import Any
 
 METHODS = ("mem", "em", "random", "uc")
 SCOPES = ("sample", "cluster", "global")
-NOISE_SCOPES = ("sample", "cluster")
+NOISE_SCOPES = ("sample", "cluster", "cluster+sample")
+PLACEMENTS = ("front", "random")
+VOCABULARIES = ("any", "common", "captions")
+OBJECTIVES = ("trigger", "joint")
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,10 @@ class MEMConfig:
     noise_scope: str = "sample"
     clusters: int = 20              # k-means clusters inside a unit (cluster scopes, uc)
     cluster_features: str = "both"  # text | image | both: what the k-means runs on
+    cluster_share: float = 0.5      # cluster+sample noise: the cluster pattern's part of epsilon
+    trigger_placement: str = "front"   # front (the paper) | random: at a random word boundary
+    trigger_vocab: str = "any"      # any | common | captions: which words a trigger may use
+    pgd_objective: str = "trigger"  # trigger | joint: also minimise the loss with the trigger removed
     batch_size: int = 128
     lr: float = 5e-4
     weight_decay: float = 0.1
@@ -45,6 +52,17 @@ class MEMConfig:
             raise ValueError(f"unknown noise scope {self.noise_scope!r}; choose from {NOISE_SCOPES}")
         if self.cluster_features not in ("text", "image", "both"):
             raise ValueError(f"cluster features must be text, image or both, got {self.cluster_features!r}")
+        for name, value, allowed in (("trigger placement", self.trigger_placement, PLACEMENTS),
+                                     ("trigger vocabulary", self.trigger_vocab, VOCABULARIES),
+                                     ("PGD objective", self.pgd_objective, OBJECTIVES)):
+            if value not in allowed:
+                raise ValueError(f"unknown {name} {value!r}; choose from {allowed}")
+        if self.pgd_objective == "joint" and not self.uses_trigger:
+            raise ValueError("the joint objective needs a trigger: method mem with trigger_len > 0")
+        if self.noise_scope == "cluster+sample" and self.epsilon < 2:
+            raise ValueError("cluster+sample noise splits epsilon in two: it needs epsilon >= 2")
+        if not 0.0 < self.cluster_share < 1.0:
+            raise ValueError(f"cluster_share must be strictly between 0 and 1, got {self.cluster_share}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if not 1 <= self.epsilon <= 32:
@@ -62,8 +80,16 @@ class MEMConfig:
     def effective_noise_scope(self) -> str:
         return "cluster" if self.method == "uc" else self.noise_scope
 
+    def noise_bounds(self) -> dict[str, int]:
+        """Epsilon of each noise part (levels); the parts together stay within epsilon."""
+        scope = self.effective_noise_scope
+        if scope != "cluster+sample":
+            return {scope: self.epsilon}
+        shared = min(self.epsilon - 1, max(1, round(self.epsilon * self.cluster_share)))
+        return {"cluster": shared, "sample": self.epsilon - shared}
+
     def needs_clusters(self) -> bool:
-        return self.effective_noise_scope == "cluster" or (self.uses_trigger and self.trigger_scope == "cluster")
+        return "cluster" in self.effective_noise_scope or (self.uses_trigger and self.trigger_scope == "cluster")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -5,7 +5,7 @@ import torch
 
 from .losses import clip_loss, group_swap_losses
 from .surrogate import ClipModel
-from .text import compose
+from .text import compose, trigger_offsets
 
 
 class _EmbeddingTap:
@@ -25,12 +25,13 @@ class _EmbeddingTap:
 
 def hotflip_batch(model: ClipModel, image_features: torch.Tensor, trigger: torch.Tensor, groups: torch.Tensor,
                   body: torch.Tensor, lengths: torch.Tensor, allowed: torch.Tensor, candidates: int,
-                  candidate_chunk: int) -> tuple[torch.Tensor, float, float]:
+                  candidate_chunk: int, insert_at: torch.Tensor | None = None) -> tuple[torch.Tensor, float, float]:
     """One greedy left-to-right pass over the trigger positions for one batch.
 
     ``trigger`` (G x k) holds the triggers of the batch's G groups (a sample, a cluster or
     the whole dataset); ``groups`` (N) maps each sample to its group. Image features are
-    computed once by the caller and reused for every candidate. Returns the new trigger
+    computed once by the caller and reused for every candidate. ``insert_at`` (N) places
+    each sample's trigger inside its caption (see ``compose``). Returns the new trigger
     and the batch loss before and after; the new trigger's loss is never worse.
     """
     n_groups, k = trigger.shape
@@ -39,8 +40,11 @@ def hotflip_batch(model: ClipModel, image_features: torch.Tensor, trigger: torch
     embedding = model.token_embedding.weight.detach()
     trigger = trigger.clone()
 
+    starts = 1 + trigger_offsets(lengths, insert_at, k, ctx)                                  # N: first trigger slot
+    rows = torch.arange(len(groups), device=groups.device)
+
     def text_features(trig_per_sample: torch.Tensor) -> torch.Tensor:
-        return model.encode_text(compose(trig_per_sample, body, lengths, ctx))
+        return model.encode_text(compose(trig_per_sample, body, lengths, ctx, insert_at))
 
     with torch.no_grad():
         current = text_features(trigger[groups])
@@ -52,7 +56,7 @@ def hotflip_batch(model: ClipModel, image_features: torch.Tensor, trigger: torch
         tap = _EmbeddingTap(model.token_embedding)
         try:
             loss = clip_loss(image_features, text_features(trigger[groups]), scale)
-            grad = torch.autograd.grad(loss, tap.captured)[0][:, 1 + position]            # N x d
+            grad = torch.autograd.grad(loss, tap.captured)[0][rows, starts + position]      # N x d
         finally:
             tap.close()
         group_grad = torch.zeros(n_groups, grad.shape[1], dtype=grad.dtype, device=grad.device)
@@ -69,7 +73,8 @@ def hotflip_batch(model: ClipModel, image_features: torch.Tensor, trigger: torch
                 c = chunk.shape[1]
                 trig = trigger[groups].repeat(c, 1)                                          # (c*N) x k
                 trig[:, position] = chunk[groups].t().reshape(-1)
-                feats = model.encode_text(compose(trig, body.repeat(c, 1), lengths.repeat(c), ctx))
+                at = None if insert_at is None else insert_at.repeat(c)
+                feats = model.encode_text(compose(trig, body.repeat(c, 1), lengths.repeat(c), ctx, at))
                 for j, cand in enumerate(feats.split(len(groups))):
                     losses = group_swap_losses(image_features, current, cand, groups, n_groups, scale)
                     better = losses < best_loss

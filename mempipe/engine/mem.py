@@ -25,7 +25,7 @@ from .config import MEMConfig
 from .hotflip import hotflip_batch
 from .losses import clip_loss
 from .surrogate import ClipModel, build_model
-from .text import compose, encode_captions, random_trigger_ids, trigger_vocabulary
+from .text import compose, encode_captions, random_trigger_ids, vocabulary_mask, word_boundaries
 
 
 @dataclass
@@ -35,46 +35,77 @@ class UnitResult:
     cluster_ids: torch.Tensor | None       # N, when the unit was clustered
     centroids: np.ndarray | None
     log: list[dict] = field(default_factory=list)
+    trigger_word_index: torch.Tensor | None = None  # N: caption word the trigger goes before (random placement)
+
+
+@dataclass
+class NoisePart:
+    """Noise shared by the samples of a group (one per sample, or one per cluster), within ``bound``."""
+
+    store: torch.Tensor                    # G x 3 x S x S int8
+    group: torch.Tensor                    # N -> G
+    bound: int
 
 
 class _Unit:
     """The unit's tensors and lookup tables, resident on the device for the whole unit."""
 
-    def __init__(self, images: torch.Tensor, captions: list[str], cfg: MEMConfig, device: torch.device):
+    def __init__(self, images: torch.Tensor, captions: list[str], cfg: MEMConfig, device: torch.device,
+                 generator: torch.Generator | None = None):
         self.cfg = cfg
         self.images = images.to(device)                                   # uint8
         self.body, self.lengths = (t.to(device) for t in encode_captions(captions, cfg.context_length - 2))
         n = len(images)
-        self.noise_group = torch.arange(n, device=device)
+        self.parts = [NoisePart(torch.zeros(n, *images.shape[1:], dtype=torch.int8, device=device),
+                                torch.arange(n, device=device), cfg.epsilon)]
         self.trigger_group = torch.arange(n, device=device)
-        self.noise = torch.zeros(n, *images.shape[1:], dtype=torch.int8, device=device)
         self.trigger = torch.zeros(n, cfg.trigger_len if cfg.uses_trigger else 0, dtype=torch.long, device=device)
+        self.insert_word = self.insert_at = None
+        if cfg.uses_trigger and cfg.trigger_placement == "random":
+            self.insert_word, insert_at = word_boundaries(captions, generator or torch.Generator().manual_seed(cfg.seed))
+            self.insert_at = insert_at.to(device)
+        self.allowed = vocabulary_mask(cfg.trigger_vocab, self.body).to(device) if cfg.uses_trigger else None
 
     def set_groups(self, clusters: torch.Tensor | None, generator: torch.Generator,
                    fixed_trigger: torch.Tensor | None = None) -> None:
-        cfg, device = self.cfg, self.images.device
-        if cfg.effective_noise_scope == "cluster":
-            self.noise_group = clusters.to(device)
-            self.noise = torch.zeros(int(clusters.max()) + 1, *self.images.shape[1:], dtype=torch.int8, device=device)
+        cfg, device, n = self.cfg, self.images.device, len(self.images)
+        shape = self.images.shape[1:]
+        self.parts = []
+        for scope, bound in cfg.noise_bounds().items():
+            group = clusters.to(device) if scope == "cluster" else torch.arange(n, device=device)
+            self.parts.append(NoisePart(torch.zeros(int(group.max()) + 1, *shape, dtype=torch.int8, device=device),
+                                        group, bound))
         if cfg.uses_trigger:
             if cfg.trigger_scope == "cluster":
                 self.trigger_group = clusters.to(device)
             elif cfg.trigger_scope == "global":
-                self.trigger_group = torch.zeros(len(self.images), dtype=torch.long, device=device)
+                self.trigger_group = torch.zeros(n, dtype=torch.long, device=device)
             if fixed_trigger is not None:  # a trigger shared across units (the pipeline's global trigger)
-                self.trigger_group = torch.zeros(len(self.images), dtype=torch.long, device=device)
+                self.trigger_group = torch.zeros(n, dtype=torch.long, device=device)
                 self.trigger = fixed_trigger.reshape(1, -1).to(device)
             else:
                 n_groups = int(self.trigger_group.max()) + 1
-                self.trigger = random_trigger_ids(n_groups, cfg.trigger_len, generator).to(device)
+                self.trigger = random_trigger_ids(n_groups, cfg.trigger_len, generator, self.allowed).to(device)
+
+    def noise(self) -> torch.Tensor:
+        """Every sample's total noise (int8; the parts' bounds sum to at most epsilon)."""
+        return sum(p.store[p.group].short() for p in self.parts).to(torch.int8)
 
     def protected_images(self, idx: torch.Tensor) -> torch.Tensor:
-        x = self.images[idx].float() + self.noise[self.noise_group[idx]].float()
+        x = self.images[idx].float() + sum(p.store[p.group[idx]].float() for p in self.parts)
         return x.clamp(0, 255) / 255.0
 
     def tokens(self, idx: torch.Tensor, caption_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Trigger + caption tokens; ``caption_idx`` pairs each trigger with another sample's caption."""
         cap = idx if caption_idx is None else caption_idx
-        return compose(self.trigger[self.trigger_group[idx]], self.body[cap], self.lengths[cap], self.cfg.context_length)
+        at = None if self.insert_at is None else self.insert_at[cap]
+        return compose(self.trigger[self.trigger_group[idx]], self.body[cap], self.lengths[cap],
+                       self.cfg.context_length, at)
+
+    def plain_tokens(self, idx: torch.Tensor) -> torch.Tensor:
+        """The captions as they came in: what a victim trains on once the trigger is stripped."""
+        empty = torch.zeros(len(idx), 0, dtype=torch.long, device=idx.device)
+        return compose(empty, self.body[idx], self.lengths[idx], self.cfg.context_length)
 
 
 def _batches(n: int, size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -92,12 +123,14 @@ def _train_surrogate(model: ClipModel, opt: torch.optim.Optimizer, unit: _Unit, 
     model.train()
     n, losses = len(unit.images), []
     order: list[torch.Tensor] = []
-    for _ in range(cfg.train_steps):
+    for step in range(cfg.train_steps):
         if not order:
             order = _batches(n, cfg.batch_size, generator)
         idx = order.pop().to(device)
+        # joint objective: every other batch without the trigger, as a victim on stripped captions sees it
+        tokens = unit.plain_tokens(idx) if cfg.pgd_objective == "joint" and step % 2 else unit.tokens(idx)
         with _autocast(cfg, device):
-            loss = clip_loss(model.encode_image(unit.protected_images(idx)), model.encode_text(unit.tokens(idx)),
+            loss = clip_loss(model.encode_image(unit.protected_images(idx)), model.encode_text(tokens),
                              model.logit_scale())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -116,14 +149,12 @@ def unit_features(model: ClipModel, unit: _Unit, which: str, batch_size: int) ->
         if which in ("image", "both"):
             parts.append(model.encode_image(unit.images[idx].float() / 255.0))
         if which in ("text", "both"):
-            empty = torch.zeros(len(idx), 0, dtype=torch.long, device=idx.device)
-            parts.append(model.encode_text(compose(empty, unit.body[idx], unit.lengths[idx], unit.cfg.context_length)))
+            parts.append(model.encode_text(unit.plain_tokens(idx)))
         feats.append(torch.nn.functional.normalize(torch.cat(parts, dim=1).float(), dim=1))
     return torch.cat(feats)
 
 
-def _hotflip_round(model: ClipModel, unit: _Unit, cfg: MEMConfig, generator: torch.Generator,
-                   allowed: torch.Tensor) -> tuple[float, float]:
+def _hotflip_round(model: ClipModel, unit: _Unit, cfg: MEMConfig, generator: torch.Generator) -> tuple[float, float]:
     before, after = [], []
     for idx in _batches(len(unit.images), cfg.batch_size, generator):
         idx = idx.to(unit.images.device)
@@ -132,7 +163,8 @@ def _hotflip_round(model: ClipModel, unit: _Unit, cfg: MEMConfig, generator: tor
         local, groups = torch.unique(unit.trigger_group[idx], return_inverse=True)
         with _autocast(cfg, idx.device):
             new, b, a = hotflip_batch(model, image_features, unit.trigger[local], groups, unit.body[idx],
-                                      unit.lengths[idx], allowed, cfg.candidates, cfg.candidate_chunk)
+                                      unit.lengths[idx], unit.allowed, cfg.candidates, cfg.candidate_chunk,
+                                      None if unit.insert_at is None else unit.insert_at[idx])
         unit.trigger[local] = new
         before.append(b)
         after.append(a)
@@ -141,29 +173,39 @@ def _hotflip_round(model: ClipModel, unit: _Unit, cfg: MEMConfig, generator: tor
 
 def _pgd_round(model: ClipModel, unit: _Unit, cfg: MEMConfig, generator: torch.Generator) -> tuple[float, float]:
     shuffle = cfg.uses_trigger  # with a trigger, the noise must pair with the trigger, not the caption
-    per_sample = cfg.effective_noise_scope == "sample"
+    per_sample_only = len(unit.parts) == 1 and cfg.effective_noise_scope == "sample"
     first, last = [], []
     for idx in _batches(len(unit.images), cfg.batch_size, generator):
         idx = idx.to(unit.images.device)
         x = unit.images[idx].float()
-        local, inverse = torch.unique(unit.noise_group[idx], return_inverse=True)
-        delta = unit.noise[local].float()
+        lookups = [torch.unique(p.group[idx], return_inverse=True) for p in unit.parts]
+        deltas = [p.store[local].float() for p, (local, _) in zip(unit.parts, lookups)]
+        plain = None
+        if cfg.pgd_objective == "joint":
+            with torch.no_grad(), _autocast(cfg, idx.device):
+                plain = model.encode_text(unit.plain_tokens(idx)).float()
         for step in range(cfg.pgd_steps):
             perm = torch.randperm(len(idx), generator=generator).to(idx.device) if shuffle else None
             with torch.no_grad(), _autocast(cfg, idx.device):
                 text = model.encode_text(unit.tokens(idx, idx[perm] if shuffle else None)).float()
-            delta.requires_grad_(True)
+            for d in deltas:
+                d.requires_grad_(True)
+            total = x + sum(d[inverse] for d, (_, inverse) in zip(deltas, lookups))
             with _autocast(cfg, idx.device):
-                image = model.encode_image(((x + delta[inverse]).clamp(0, 255) / 255.0)).float()
+                image = model.encode_image(total.clamp(0, 255) / 255.0).float()
             loss = clip_loss(image, text, model.logit_scale().detach())
-            grad = torch.autograd.grad(loss, delta)[0]
-            delta = (delta.detach() - cfg.alpha * grad.sign()).clamp(-cfg.epsilon, cfg.epsilon)
-            if per_sample:  # project onto the valid pixel range too
-                delta = torch.maximum(torch.minimum(delta, 255 - x), -x)
+            if plain is not None:  # also minimise the loss that a victim on stripped captions sees
+                loss = loss + clip_loss(image, plain, model.logit_scale().detach())
+            grads = torch.autograd.grad(loss, deltas)
+            deltas = [(d.detach() - cfg.alpha * g.sign()).clamp(-p.bound, p.bound)
+                      for d, g, p in zip(deltas, grads, unit.parts)]
+            if per_sample_only:  # project onto the valid pixel range too
+                deltas[0] = torch.maximum(torch.minimum(deltas[0], 255 - x), -x)
             if step == 0:
                 first.append(loss.item())
         last.append(loss.item())
-        unit.noise[local] = delta.round().to(torch.int8)
+        for p, d, (local, _) in zip(unit.parts, deltas, lookups):
+            p.store[local] = d.round().to(torch.int8)
     return float(np.mean(first)), float(np.mean(last))
 
 
@@ -191,12 +233,11 @@ def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, devi
         return UnitResult(noise.to(torch.int8), torch.zeros(n, 0, dtype=torch.long), None, None,
                           [{"round": 0, "method": "random"}])
 
-    unit = _Unit(images, captions, cfg, device)
+    unit = _Unit(images, captions, cfg, device, generator)
     model = build_model(cfg.arch, cfg.image_size, cfg.context_length, cfg.checkpoint, seed=cfg.seed).to(device)
     if device.type == "cuda" and not cfg.arch.startswith("tiny-vit"):
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    allowed = trigger_vocabulary().to(device)
     centroids = None
     log: list[dict] = []
     for round_ in range(cfg.outer_iters):
@@ -208,15 +249,14 @@ def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, devi
                                              cfg.clusters, cfg.seed)
             unit.set_groups(clusters, generator, fixed_trigger)
         if cfg.uses_trigger and round_ < cfg.hotflip_iters and fixed_trigger is None:
-            entry["hotflip_loss_before"], entry["hotflip_loss_after"] = _hotflip_round(model, unit, cfg, generator, allowed)
+            entry["hotflip_loss_before"], entry["hotflip_loss_after"] = _hotflip_round(model, unit, cfg, generator)
         entry["pgd_loss_first"], entry["pgd_loss_last"] = _pgd_round(model, unit, cfg, generator)
         log.append(entry)
         if progress:
             progress(entry)
 
-    noise = unit.noise[unit.noise_group].cpu()
-    trigger = unit.trigger[unit.trigger_group].cpu()
-    return UnitResult(noise, trigger, None if clusters is None else clusters.cpu(), centroids, log)
+    return UnitResult(unit.noise().cpu(), unit.trigger[unit.trigger_group].cpu(),
+                      None if clusters is None else clusters.cpu(), centroids, log, unit.insert_word)
 
 
 def bootstrap_features(images: torch.Tensor, captions: list[str], cfg: MEMConfig, steps: int,

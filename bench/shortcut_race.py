@@ -1,0 +1,136 @@
+"""Why no image noise protects the demo data: does a victim learn an eps-bounded pattern at all?
+
+Unlearnable examples work when the planted shortcut is learned *before* the content. This
+bench plants shortcuts that are as easy as a pattern can be (no surrogate, no optimisation:
+fixed random patterns, perfectly correlated with the captions) and measures two things for
+a victim trained from scratch on each set:
+
+- ``clean`` R@10: retrieval on the clean test split (the protection question);
+- ``code`` R@10: the victim sees only the planted noise (on a flat gray image) of 500
+  training samples and must retrieve their training captions. Chance means the victim
+  ignored the pattern; a high value means it learned it.
+
+Sets (all within the same L-inf budget as mempipe unless stated):
+  clean            nothing planted
+  cluster-eps8     one random 8x8-tiled +-eps pattern per caption cluster (k-means, 200 clusters
+                   of bag-of-words caption vectors): the class-wise noise of classification
+  cluster-eps32    the same at 4x the budget
+  cluster-gray     the same patterns on flat gray images: no content to compete with
+  word-code        noise = sign of the sum of one pattern per caption word: a per-sample
+                   pattern that encodes the caption itself, word by word
+  trigger-code     3 random code words (of 64) written in front of each caption, noise = sign of
+                   the sum of their patterns: MEM's shortcut with the noise made decodable
+
+    python bench/shortcut_race.py              # ~10 min on 2 CPU cores (8 victim epochs per set)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mempipe.datasets import load_pairs  # noqa: E402
+from mempipe.demo_data import write_demo_data  # noqa: E402
+from mempipe.engine.clusters import kmeans  # noqa: E402
+from mempipe.engine.text import encode_captions, random_trigger_ids, tokenizer  # noqa: E402
+from mempipe.victim import VictimConfig, train_victim  # noqa: E402
+
+SETS = ["clean", "cluster-eps8", "cluster-eps32", "cluster-gray", "word-code", "trigger-code"]
+
+
+def tiled_patterns(count: int, size: int, tile: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` random tile x tile colour patterns repeated over a size x size image."""
+    reps = -(-size // tile)
+    return torch.randn(count, 3, tile, tile, generator=generator).repeat(1, 1, reps, reps)[..., :size, :size]
+
+
+def caption_clusters(body: torch.Tensor, lengths: torch.Tensor, k: int) -> torch.Tensor:
+    bags = torch.zeros(len(body), int(body.max()) + 1)
+    for i in range(len(body)):
+        bags[i, body[i, : lengths[i]]] = 1
+    bags = bags[:, bags.sum(0) > 0]
+    return kmeans(torch.nn.functional.normalize(bags, dim=1), k, seed=0)[0]
+
+
+def plant(name: str, images: torch.Tensor, captions: list[str], eps: int, generator: torch.Generator):
+    """(training images, training captions, the planted noise) for one set."""
+    n, size = len(images), images.shape[-1]
+    body, lengths = encode_captions(captions, 30)
+    if name == "clean":
+        return images, captions, torch.zeros(images.shape)
+    if name.startswith("cluster"):
+        clusters = caption_clusters(body, lengths, 200)
+        noise = tiled_patterns(int(clusters.max()) + 1, size, 8, generator)[clusters]
+        budget = 32 if name == "cluster-eps32" else eps
+        noise = budget * noise.sign()
+        base = torch.full_like(images, 128) if name == "cluster-gray" else images
+        return (base.float() + noise).clamp(0, 255).to(torch.uint8), captions, noise
+    if name == "word-code":
+        vocab = body.unique()
+        index = torch.full((int(vocab.max()) + 1,), -1, dtype=torch.long)
+        index[vocab] = torch.arange(len(vocab))
+        patterns = tiled_patterns(len(vocab), size, 8, generator)
+        noise = torch.stack([patterns[index[body[i, : lengths[i]].unique()]].sum(0) for i in range(n)])
+    elif name == "trigger-code":
+        codebook = random_trigger_ids(1, 64, generator)[0]
+        words = [tokenizer().decode([int(t)]).strip() for t in codebook]
+        patterns = tiled_patterns(64, size, 8, generator)
+        picks = torch.stack([torch.randperm(64, generator=generator)[:3] for _ in range(n)])
+        noise = patterns[picks].sum(1)
+        captions = [" ".join(words[int(j)] for j in pick) + " " + c for pick, c in zip(picks, captions)]
+    else:
+        raise ValueError(name)
+    noise = eps * noise.sign()
+    return (images.float() + noise).clamp(0, 255).to(torch.uint8), captions, noise
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--victim", default="tiny-resnet")
+    parser.add_argument("--eps", type=int, default=8)
+    parser.add_argument("--work", default=str(ROOT / "bench" / "work"))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "shortcut_race.json"))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+
+    data = Path(args.work) / "data"
+    if not (data / "test").exists():
+        write_demo_data(str(data), 2000, 500, size=64, seed=0)
+    images, captions, _ = load_pairs(str(data / "train"), 64)
+    test_images, test_captions, _ = load_pairs(str(data / "test"), 64)
+    results = {"meta": {"host": platform.node(), "device": args.device, "torch": torch.__version__,
+                        "victim": args.victim, "epochs": args.epochs, "eps": args.eps, "train": len(images),
+                        "test": len(test_images), "date": time.strftime("%Y-%m-%d %H:%M:%S")}, "sets": []}
+    for name in args.sets.split(","):
+        generator = torch.Generator().manual_seed(0)
+        train_images, train_captions, noise = plant(name, images, captions, args.eps, generator)
+        probe = (torch.full_like(images[:500], 128).float() + noise[:500]).clamp(0, 255).to(torch.uint8)
+        tests = {"clean": (test_images, test_captions), "code": (probe, train_captions[:500])}
+        started = time.time()
+        run = train_victim(train_images, train_captions, VictimConfig(arch=args.victim, epochs=args.epochs), tests,
+                           device=args.device)
+        curve = [[e["clean"]["i2t_R@10"], e["clean"]["t2i_R@10"], e["code"]["i2t_R@10"], e["code"]["t2i_R@10"]]
+                 for e in run.epochs]
+        entry = {"set": name, "max_abs_noise": int(noise.abs().max()), "final_clean": curve[-1][:2],
+                 "final_code": curve[-1][2:], "per_epoch_clean_and_code_R@10": curve, "loss_curve": run.loss_curve,
+                 "seconds": round(time.time() - started, 1)}
+        results["sets"].append(entry)
+        print(f"{name:14s} clean R@10 {curve[-1][0]:5.1f}/{curve[-1][1]:5.1f}  code R@10 {curve[-1][2]:5.1f}/{curve[-1][3]:5.1f}"
+              f"  ({entry['seconds']}s)", flush=True)
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
