@@ -17,8 +17,8 @@ def effectiveness_table() -> str:
     chance = rows[0]["final"]["clean"]["chance_R@10"]
     lines = [f"R@10 (%) on the clean 500-pair test split, image→text / text→image; chance = {chance}. "
              "`prefixed`: the same test images with 3 random words in front of every test caption.", "",
-             "| row | what it is | " + " | ".join(f"{v} clean | {v} prefixed" for v in victims) + " |",
-             "|---|---|" + "---|---|" * len(victims)]
+             "| row | what it is | " + " | ".join(f"{v} clean | {v} prefixed" for v in victims) + " | measured on |",
+             "|---|---|" + "---|---|" * len(victims) + "---|"]
     order = list(dict.fromkeys(r["row"] for r in rows))
     for name in order:
         cells = []
@@ -30,7 +30,8 @@ def effectiveness_table() -> str:
                 continue
             c, p = r["final"]["clean"], r["final"]["prefixed"]
             cells += [f"{c['i2t_R@10']:.1f} / {c['t2i_R@10']:.1f}", f"{p['i2t_R@10']:.1f} / {p['t2i_R@10']:.1f}"]
-        lines.append(f"| {name} | {what} | " + " | ".join(cells) + " |")
+        devices = sorted({r.get("device", "?") for r in rows if r["row"] == name})
+        lines.append(f"| {name} | {what} | " + " | ".join(cells) + f" | {', '.join(devices)} |")
     lines += ["", "Imperceptibility of each protected set (measured against the originals by `mempipe inspect`):", "",
               "| set | max abs delta | PSNR (dB) | SSIM | protect time (s) |", "|---|---|---|---|---|"]
     for name, p in sorted(data["protection"].items()):
@@ -38,6 +39,21 @@ def effectiveness_table() -> str:
         lines.append(f"| {name} | {p['max_delta']} | {p['psnr']} | {ssim} | {p['seconds']} |")
     sources = sorted({r.get("source", "?").split(",")[0] for r in rows})
     lines += ["", f"Where the numbers come from: {'; '.join(sources)} (each row's `source` in the JSON)."]
+    return "\n".join(lines)
+
+
+def shortcut_race_table() -> str:
+    path = RESULTS / "shortcut_race.json"
+    if not path.exists():
+        return "(not measured yet: `python bench/shortcut_race.py`)"
+    data = json.loads(path.read_text())
+    m = data["meta"]
+    lines = [f"{m['victim']} victim, {m['epochs']} epochs, {m['train']} training pairs, {m['device']} ({m['host']}); "
+             "R@10 image→text / text→image, chance 2.0.", "",
+             "| planted set | max abs noise | clean test R@10 | code R@10 (noise alone → its caption) |", "|---|---|---|---|"]
+    for s in data["sets"]:
+        lines.append(f"| {s['set']} | {s['max_abs_noise']} | {s['final_clean'][0]:.1f} / {s['final_clean'][1]:.1f} | "
+                     f"{s['final_code'][0]:.1f} / {s['final_code'][1]:.1f} |")
     return "\n".join(lines)
 
 
@@ -84,6 +100,7 @@ def main() -> int:
     readme = ROOT / "README.md"
     text = readme.read_text()
     text = replace_block(text, "effectiveness", effectiveness_table())
+    text = replace_block(text, "shortcut-race", shortcut_race_table())
     text = replace_block(text, "performance", performance_table())
     readme.write_text(text)
     return 0

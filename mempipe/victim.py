@@ -50,7 +50,9 @@ def retrieval_metrics(image_features: torch.Tensor, text_features: torch.Tensor)
     out: dict = {}
     for name, s in (("i2t", sim), ("t2i", sim.t())):
         correct = s.diagonal()[:, None]
-        ranks = (s > correct).sum(dim=1) + 1
+        # ties share the mean of their ranks: a collapsed encoder (every image alike) must not
+        # rank every caption first
+        ranks = (s > correct).sum(dim=1) + 1 + ((s == correct).sum(dim=1) - 1) / 2
         for k in (1, 5, 10):
             out[f"{name}_R@{k}"] = round(100.0 * (ranks <= k).float().mean().item(), 2)
         out[f"{name}_median_rank"] = float(ranks.float().median().item())

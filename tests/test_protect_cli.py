@@ -109,3 +109,26 @@ def test_every_subcommand_has_help(capsys):
 def test_cluster_partition_needs_ray(demo_small, tmp_path, capsys):
     assert main(["protect", str(demo_small / "test"), str(tmp_path / "o"), "--partition", "cluster", "--no-ray"]) == 2
     assert "runs on Ray" in capsys.readouterr().err
+
+
+def test_random_trigger_placement_through_the_cli(demo_small, tmp_path, fast_config, capsys):
+    """Beyond the paper: the trigger lands at the recorded word boundary of the written caption,
+    so deleting the first k words leaves it in most captions."""
+    out = tmp_path / "out"
+    assert main(["protect", str(demo_small / "train"), str(out), *FAST, "--config", fast_config,
+                 "--trigger-placement", "random", "--trigger-vocab", "common", "--pgd-objective", "joint",
+                 "--noise-scope", "cluster+sample", "--cluster-features", "text", "--trigger-scope", "sample"]) == 0
+    originals = {s.key: s.caption for s in iter_shard(str(demo_small / "train" / "00000.tar"))}
+    protected = list(iter_shard(str(out / "00000.tar")))
+    assert {s.key for s in protected} == set(originals)
+    survives_strip = 0
+    for s in protected:
+        m = s.meta["mempipe"]
+        words, trigger = originals[s.key].split(), m["trigger"].split()
+        w = m["trigger_word_index"]
+        assert s.caption.split() == words[:w] + trigger + words[w:]
+        assert m["noise_scope"] == "cluster+sample" and m["max_delta"] <= 8 and m["cluster"] is not None
+        survives_strip += w >= 3
+    assert survives_strip > len(protected) // 2
+    record = json.loads((out / "mempipe_run.json").read_text())
+    assert record["config"]["pgd_objective"] == "joint" and record["config"]["trigger_placement"] == "random"

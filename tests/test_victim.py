@@ -1,0 +1,50 @@
+import json
+
+import torch
+from PIL import Image
+
+from mempipe.cli import main
+from mempipe.datasets import apply_caption_defense, apply_image_defense, prefix_random_words
+from mempipe.victim import retrieval_metrics
+
+
+def test_retrieval_metrics_ranks_and_chance():
+    eye = torch.eye(20)
+    perfect = retrieval_metrics(eye, eye)
+    assert perfect["i2t_R@1"] == perfect["t2i_R@1"] == 100.0 and perfect["i2t_median_rank"] == 1.0
+    assert perfect["chance_R@10"] == 50.0
+    # every item's partner is ranked last: R@10 of 20 items is 0
+    anti = retrieval_metrics(eye, -eye + 0.5 * (1 - eye))
+    assert anti["i2t_R@10"] == 0.0 and anti["t2i_R@10"] == 0.0 and anti["i2t_median_rank"] == 20.0
+
+
+def test_a_collapsed_encoder_is_not_ranked_first_by_ties():
+    """Identical image features tie every caption: mid-rank ties put it at chance, not at 100."""
+    images = torch.ones(100, 8) / 8 ** 0.5
+    texts = torch.nn.functional.normalize(torch.randn(100, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    m = retrieval_metrics(images, texts)
+    assert m["t2i_R@10"] == 0.0 and m["t2i_median_rank"] == 50.5  # rank (1 + 100) / 2 for everyone
+
+
+def test_thief_countermeasures():
+    assert apply_caption_defense("apple river stone a red circle", "strip:3") == "a red circle"
+    assert apply_caption_defense("a red circle", "none") == "a red circle"
+    image = Image.new("RGB", (16, 16), (200, 30, 30))
+    gray = apply_image_defense(image, "grayscale")
+    assert len(set(gray.getpixel((0, 0)))) == 1
+    assert apply_image_defense(image, "jpeg:10").size == (16, 16)
+    prefixed = prefix_random_words(["a red circle", "a blue box"], 3, seed=1)
+    assert all(len(p.split()) == len(c.split()) + 3 and p.endswith(c) for p, c in zip(prefixed, ["a red circle", "a blue box"]))
+    assert prefixed == prefix_random_words(["a red circle", "a blue box"], 3, seed=1)
+
+
+def test_eval_trains_a_victim_from_shards(demo_small, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["eval", "--train", str(demo_small / "train"), "--test", str(demo_small / "test"),
+                 "--victim", "tiny-resnet", "--epochs", "3", "--out", str(out), "--device", "cpu"]) == 0
+    result = json.loads((out / "metrics.json").read_text())
+    assert len(result["epochs"]) == 3 and len(result["loss_curve"]) == 3
+    assert result["loss_curve"][-1] < result["loss_curve"][0]
+    for split in ("clean", "prefixed"):
+        assert {"i2t_R@10", "t2i_R@10", "i2t_median_rank", "chance_R@10"} <= set(result["final"][split])
+    assert (out / "retrieval_curve.png").stat().st_size > 0
