@@ -52,8 +52,8 @@ def shortcut_race_table() -> str:
              "R@10 image→text / text→image, chance 2.0.", "",
              "| planted set | max abs noise | clean test R@10 | code R@10 (noise alone → its caption) |", "|---|---|---|---|"]
     for s in data["sets"]:
-        lines.append(f"| {s['set']} | {s['max_abs_noise']} | {s['final_clean'][0]:.1f} / {s['final_clean'][1]:.1f} | "
-                     f"{s['final_code'][0]:.1f} / {s['final_code'][1]:.1f} |")
+        code = f"{s['final_code'][0]:.1f} / {s['final_code'][1]:.1f}" if s["max_abs_noise"] else "– (nothing planted)"
+        lines.append(f"| {s['set']} | {s['max_abs_noise']} | {s['final_clean'][0]:.1f} / {s['final_clean'][1]:.1f} | {code} |")
     return "\n".join(lines)
 
 

@@ -50,12 +50,14 @@ def retrieval_metrics(image_features: torch.Tensor, text_features: torch.Tensor)
     out: dict = {}
     for name, s in (("i2t", sim), ("t2i", sim.t())):
         correct = s.diagonal()[:, None]
-        # ties share the mean of their ranks: a collapsed encoder (every image alike) must not
-        # rank every caption first
-        ranks = (s > correct).sum(dim=1) + 1 + ((s == correct).sum(dim=1) - 1) / 2
+        # ties are broken at random, in expectation: a collapsed encoder (every image alike)
+        # must score chance, not rank every caption first
+        above = (s > correct).sum(dim=1).float()
+        tied = (s == correct).sum(dim=1).float()                 # the item itself included
         for k in (1, 5, 10):
-            out[f"{name}_R@{k}"] = round(100.0 * (ranks <= k).float().mean().item(), 2)
-        out[f"{name}_median_rank"] = float(ranks.float().median().item())
+            hit = ((k - above) / tied).clamp(0, 1)
+            out[f"{name}_R@{k}"] = round(100.0 * hit.mean().item(), 2)
+        out[f"{name}_median_rank"] = float((above + (tied + 1) / 2).median().item())
     n = len(sim)
     out["chance_R@10"] = round(100.0 * min(10, n) / n, 2)
     return out
