@@ -20,6 +20,9 @@ Sets (all within the same L-inf budget as mempipe unless stated):
                    pattern that encodes the caption itself, word by word
   trigger-code     3 random code words (of 64) written in front of each caption, noise = sign of
                    the sum of their patterns: MEM's shortcut with the noise made decodable
+  hard-clean, hard-trigger-code
+                   the same scenes made slower to learn (random contrast, colour cast and grain on
+                   train and test images alike), clean and with the trigger code
 
     python bench/shortcut_race.py              # ~10 min on 2 CPU cores (8 victim epochs per set)
 """
@@ -43,7 +46,18 @@ from mempipe.engine.clusters import kmeans  # noqa: E402
 from mempipe.engine.text import encode_captions, random_trigger_ids, tokenizer  # noqa: E402
 from mempipe.victim import VictimConfig, train_victim  # noqa: E402
 
-SETS = ["clean", "cluster-eps8", "cluster-eps32", "cluster-gray", "word-code", "trigger-code"]
+SETS = ["clean", "cluster-eps8", "cluster-eps32", "cluster-gray", "word-code", "trigger-code", "hard-clean",
+        "hard-trigger-code"]
+
+
+def harder(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """Nuisance variation that content features must see through: contrast, colour cast, grain."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(images)
+    contrast = torch.empty(n, 1, 1, 1).uniform_(0.35, 1.0, generator=g)
+    cast = torch.empty(n, 3, 1, 1).uniform_(-40, 40, generator=g)
+    grain = 20 * torch.randn(images.shape, generator=g)
+    return ((images.float() - 128) * contrast + 128 + cast + grain).clamp(0, 255).to(torch.uint8)
 
 
 def tiled_patterns(count: int, size: int, tile: int, generator: torch.Generator) -> torch.Tensor:
@@ -111,11 +125,16 @@ def main() -> int:
     results = {"meta": {"host": platform.node(), "device": args.device, "torch": torch.__version__,
                         "victim": args.victim, "epochs": args.epochs, "eps": args.eps, "train": len(images),
                         "test": len(test_images), "date": time.strftime("%Y-%m-%d %H:%M:%S")}, "sets": []}
-    for name in args.sets.split(","):
+    names = args.sets.split(",")
+    if Path(args.out).exists():  # keep the sets of earlier runs that this run does not redo
+        results["sets"] = [e for e in json.loads(Path(args.out).read_text())["sets"] if e["set"] not in names]
+    for name in names:
         generator = torch.Generator().manual_seed(0)
-        train_images, train_captions, noise = plant(name, images, captions, args.eps, generator)
+        hard = name.startswith("hard-")
+        base, test_base = (harder(images, 1), harder(test_images, 2)) if hard else (images, test_images)
+        train_images, train_captions, noise = plant(name.removeprefix("hard-"), base, captions, args.eps, generator)
         probe = (torch.full_like(images[:500], 128).float() + noise[:500]).clamp(0, 255).to(torch.uint8)
-        tests = {"clean": (test_images, test_captions), "code": (probe, train_captions[:500])}
+        tests = {"clean": (test_base, test_captions), "code": (probe, train_captions[:500])}
         started = time.time()
         run = train_victim(train_images, train_captions, VictimConfig(arch=args.victim, epochs=args.epochs), tests,
                            device=args.device)
