@@ -8,6 +8,10 @@ the captions shuffled inside the batch while every image keeps its own trigger.
 ``em`` is the same loop with no trigger; ``uc`` is ``em`` with one noise pattern per
 cluster; ``random`` is uniform noise in [-eps, eps].
 
+Beyond the paper: the noise is a sum of parts (per sample, per cluster, or both, each with
+its own share of eps); the ``joint`` objective adds the loss against the caption without
+its trigger; the trigger may sit at a random word boundary instead of in front.
+
 Noise lives as int8 pixel levels: with sign steps of ``alpha`` whole levels from zero it
 is exactly integer, so nothing is lost and a unit's noise costs one byte per value.
 """
