@@ -82,6 +82,8 @@ ROWS = {
     "mem3-rand+strip": ("mem3-rand", "strip:3", "random-placement MEM-3, first 3 caption words stripped"),
     "mem3-rand+jpeg75": ("mem3-rand", "jpeg:75", "random-placement MEM-3, JPEG quality 75"),
     "mem3-rand+crop": ("mem3-rand", "crop", "random-placement MEM-3, random-resized crops"),
+    "mem3-rand+jpeg10": ("mem3-rand", "jpeg:10", "random-placement MEM-3, JPEG quality 10"),
+    "mem3-rand+grayscale": ("mem3-rand", "grayscale", "random-placement MEM-3, grayscale"),
     # the countermeasure's own cost on clean data: what a row under a countermeasure is compared with
     "clean+grayscale": ("clean", "grayscale", "control: clean data trained in grayscale"),
 }
@@ -91,7 +93,8 @@ DEFAULT_ORDER = ["clean", "random-words", "mem3", "mem3+strip", "em", "random", 
                  "mem3-global", "mem3-cn", "mem3-cn+strip", "trigger-only", "noise-only", "mem3+jpeg75",
                  "mem3+jpeg10", "mem3+grayscale", "clean+grayscale", "mem3+crop",
                  "mem3-rand", "mem3-rand+strip", "mem3-joint", "mem3-joint+strip", "mem3-cs", "mem3-cs+strip",
-                 "uc-text", "uc-text+strip", "mem3-rand+jpeg75", "mem3-rand+crop"]
+                 "uc-text", "uc-text+strip", "mem3-rand+jpeg75", "mem3-rand+crop", "mem3-rand+jpeg10",
+                 "mem3-rand+grayscale"]
 
 
 def derive(name: str, images_from: str, captions_from: str, out: Path, caption_fn=None) -> str:

@@ -14,7 +14,7 @@ nvidia-smi -L
 timeout 170 python3 bench/gpu_check.py --out "$OUT/gpu_check.json" 2>&1 | grep -v "No pretrained" | tail -4
 timeout ${EFF_TIMEOUT:-340} python3 bench/effectiveness.py --device cuda --work /tmp/work_a --out "$OUT/effectiveness.json" \
   > "$OUT/log_table.txt" 2>&1 &
-ISSUE8=mem3-rand,mem3-rand+strip,mem3-joint,mem3-joint+strip,mem3-cs,mem3-cs+strip,uc-text,uc-text+strip,mem3-rand+jpeg75,mem3-rand+crop
+ISSUE8=mem3-rand,mem3-rand+strip,mem3-joint,mem3-joint+strip,mem3-cs,mem3-cs+strip,uc-text,uc-text+strip,mem3-rand+jpeg75,mem3-rand+crop,mem3-rand+jpeg10,mem3-rand+grayscale
 (timeout ${EFF_TIMEOUT:-340} python3 bench/effectiveness.py --device cuda --work /tmp/work_b --rows "$ISSUE8" \
    --out "$OUT/effectiveness_issue8.json" > "$OUT/log_issue8.txt" 2>&1
  timeout 120 python3 bench/shortcut_race.py --device cuda --epochs 30 --work /tmp/work_b \
