@@ -27,18 +27,14 @@ def tokenizer() -> SimpleTokenizer:
 COMMON_WORD_IDS = 6000
 
 
-@lru_cache(maxsize=2)
-def trigger_vocabulary(kind: str = "any") -> torch.Tensor:
+@lru_cache(maxsize=1)
+def trigger_vocabulary() -> torch.Tensor:
     """Ids of tokens that round-trip: tokenize(decode([id])) == [id]; a bool mask over the vocabulary."""
-    if kind not in ("any", "common"):
-        raise ValueError(f"trigger vocabulary must be any or common, got {kind!r}")
     tok = tokenizer()
     allowed = torch.zeros(len(tok.encoder), dtype=torch.bool)
     for piece, idx in tok.encoder.items():
         if _WORD.match(piece) and tok.encode(piece[:-4]) == [idx]:
             allowed[idx] = True
-    if kind == "common":
-        allowed[COMMON_WORD_IDS:] = False
     return allowed
 
 
@@ -120,11 +116,15 @@ def vocabulary_mask(kind: str, body: torch.Tensor | None = None) -> torch.Tensor
     """Allowed trigger tokens: ``any`` round-tripping word, ``common`` (frequent) words, or
     ``captions``: round-tripping words that already occur in these captions (``body`` ids),
     which a thief cannot filter out by vocabulary without cutting real caption words."""
-    if kind != "captions":
-        return trigger_vocabulary(kind)
-    seen = torch.zeros_like(trigger_vocabulary())
-    seen[body[body > 0].unique().cpu()] = True
-    allowed = seen & trigger_vocabulary()
+    allowed = trigger_vocabulary().clone()
+    if kind == "common":
+        allowed[COMMON_WORD_IDS:] = False
+    elif kind == "captions":
+        seen = torch.zeros_like(allowed)
+        seen[body[body > 0].unique().cpu()] = True
+        allowed &= seen
+    elif kind != "any":
+        raise ValueError(f"unknown trigger vocabulary {kind!r}; choose any, common or captions")
     if allowed.sum() < 2:
         raise ValueError("the captions hold fewer than 2 round-tripping words to draw a trigger from")
     return allowed
