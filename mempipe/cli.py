@@ -38,6 +38,9 @@ def add_protect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trigger-vocab", choices=VOCABULARIES, help="words a trigger may use")
     p.add_argument("--pgd-objective", choices=OBJECTIVES,
                    help="joint: the noise also minimises the loss with the trigger removed")
+    p.add_argument("--precision", choices=("fp32", "bf16"), help="bf16: autocast on a GPU, fp32 master weights")
+    p.add_argument("--pgd-batch-size", type=int, help="PGD batch (default: the surrogate batch, as the paper)")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the surrogate's towers")
     p.add_argument("--image-format", default="png", help="keep | png | webp (lossless) | jpeg:Q")
     p.add_argument("--unit-size", type=int)
     p.add_argument("--seed", type=int)
@@ -93,7 +96,8 @@ def engine_config(args: argparse.Namespace):
                               trigger_len=args.trigger_len, epsilon=args.epsilon, clusters=args.clusters,
                               cluster_features=args.cluster_features, unit_size=args.unit_size, seed=args.seed,
                               cluster_share=args.cluster_share, trigger_placement=args.trigger_placement,
-                              trigger_vocab=args.trigger_vocab, pgd_objective=args.pgd_objective)
+                              trigger_vocab=args.trigger_vocab, pgd_objective=args.pgd_objective,
+                              precision=args.precision, pgd_batch_size=args.pgd_batch_size, compile=args.compile)
 
 
 def _protect(args: argparse.Namespace) -> int:

@@ -40,7 +40,9 @@ class MEMConfig:
     weight_decay: float = 0.1
     unit_size: int = 2048
     candidate_chunk: int = 4        # candidate trigger sets encoded per text forward
+    pgd_batch_size: int = 0         # PGD batch (more in-batch negatives, fuller GPU); 0 = batch_size as the paper
     precision: str = "fp32"         # fp32 | bf16 (autocast on a GPU, fp32 master weights)
+    compile: bool = False           # torch.compile the image and text towers
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -69,6 +71,8 @@ class MEMConfig:
             raise ValueError(f"epsilon must be in 1..32 pixel levels, got {self.epsilon}")
         if not 1 <= self.alpha <= self.epsilon:
             raise ValueError(f"alpha must be in 1..epsilon levels, got {self.alpha}")
+        if self.pgd_batch_size < 0 or self.batch_size < 1 or self.candidate_chunk < 1:
+            raise ValueError("batch sizes and candidate_chunk must be positive (pgd_batch_size 0 = batch_size)")
         if self.trigger_len < 0 or self.trigger_len > self.context_length - 4:
             raise ValueError(f"trigger length {self.trigger_len} does not fit the context length {self.context_length}")
 
@@ -79,6 +83,10 @@ class MEMConfig:
     @property
     def effective_noise_scope(self) -> str:
         return "cluster" if self.method == "uc" else self.noise_scope
+
+    @property
+    def pgd_batch(self) -> int:
+        return self.pgd_batch_size or self.batch_size
 
     def noise_bounds(self) -> dict[str, int]:
         """Epsilon of each noise part (levels); the parts together stay within epsilon."""

@@ -16,13 +16,23 @@ def group_swap_losses(image_features: torch.Tensor, current_text: torch.Tensor, 
     """Batch loss when only group g's texts take their candidate, for every g at once: (n_groups,).
 
     Exact (every other text keeps its current features), so per-group choices are
-    judged by the real contrastive loss, not by a per-sample approximation.
+    judged by the real contrastive loss, not by a per-sample approximation. Swapping group
+    g replaces the columns of its members in the N x N logits, so two logit matrices (current
+    and candidate texts) and per-group sums over columns give every swap's loss in
+    O(N^2 (d + G)) instead of building G logit matrices.
     """
     n = len(image_features)
-    member = groups[None, :] == torch.arange(n_groups, device=groups.device)[:, None]        # G x N
-    texts = torch.where(member[..., None], candidate_text[None], current_text[None])        # G x N x d
-    logits = scale * torch.einsum("nd,gmd->gnm", image_features, texts)                     # G x N x N
-    diag = torch.arange(n, device=logits.device)
-    i2t = -(logits.log_softmax(dim=2)[:, diag, diag]).mean(dim=1)
-    t2i = -(logits.log_softmax(dim=1)[:, diag, diag]).mean(dim=1)
-    return (i2t + t2i) / 2
+    member = (groups[None, :] == torch.arange(n_groups, device=groups.device)[:, None]).double()  # G x N
+    # float64: logits span up to 2 x scale = 200 nats, whose exp underflows float32
+    current = scale * image_features.double() @ current_text.double().t()                 # image n x text m
+    candidate = scale * image_features.double() @ candidate_text.double().t()
+    # image -> text: row n's softmax over texts, with group g's columns taken from the candidate
+    top = torch.maximum(current.max(dim=1).values, candidate.max(dim=1).values)[:, None]
+    row_sums = (current - top).exp() @ (1 - member).t() + (candidate - top).exp() @ member.t()   # N x G
+    target = torch.where(member.t().bool(), candidate.diagonal()[:, None], current.diagonal()[:, None])
+    i2t = (row_sums.log() + top - target).mean(dim=0)
+    # text -> image: each column's softmax over images is its own; a swap replaces its members' columns
+    t2i_current = current.logsumexp(dim=0) - current.diagonal()
+    t2i_candidate = candidate.logsumexp(dim=0) - candidate.diagonal()
+    t2i = ((1 - member) @ t2i_current + member @ t2i_candidate) / n
+    return ((i2t + t2i) / 2).to(image_features.dtype)

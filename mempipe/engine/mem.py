@@ -58,6 +58,9 @@ class _Unit:
                  generator: torch.Generator | None = None):
         self.cfg = cfg
         self.images = images.to(device)                                   # uint8
+        # convolutional surrogates on a GPU run channels_last; feed them that layout
+        self.memory_format = (torch.channels_last if device.type == "cuda" and not cfg.arch.startswith("tiny-vit")
+                              else torch.contiguous_format)
         self.body, self.lengths = (t.to(device) for t in encode_captions(captions, cfg.context_length - 2))
         n = len(images)
         self.parts = [NoisePart(torch.zeros(n, *images.shape[1:], dtype=torch.int8, device=device),
@@ -97,7 +100,11 @@ class _Unit:
 
     def protected_images(self, idx: torch.Tensor) -> torch.Tensor:
         x = self.images[idx].float() + sum(p.store[p.group[idx]].float() for p in self.parts)
-        return x.clamp(0, 255) / 255.0
+        return self.to_model_input(x)
+
+    def to_model_input(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixel levels (float, any range) -> clamped [0, 1] in the surrogate's memory layout."""
+        return (pixels.clamp(0, 255) / 255.0).contiguous(memory_format=self.memory_format)
 
     def tokens(self, idx: torch.Tensor, caption_idx: torch.Tensor | None = None) -> torch.Tensor:
         """Trigger + caption tokens; ``caption_idx`` pairs each trigger with another sample's caption."""
@@ -110,6 +117,17 @@ class _Unit:
         """The captions as they came in: what a victim trains on once the trigger is stripped."""
         empty = torch.zeros(len(idx), 0, dtype=torch.long, device=idx.device)
         return compose(empty, self.body[idx], self.lengths[idx], self.cfg.context_length)
+
+
+def surrogate_for(cfg: MEMConfig, device: torch.device, unit: _Unit) -> ClipModel:
+    """A fresh surrogate on the device, in the unit's memory layout, compiled when asked."""
+    model = build_model(cfg.arch, cfg.image_size, cfg.context_length, cfg.checkpoint, seed=cfg.seed).to(device)
+    model = model.to(memory_format=unit.memory_format)
+    if cfg.compile:
+        # the towers only: the token embedding stays eager, where HotFlip reads its gradient
+        model.clip.visual.compile()
+        model.clip.transformer.compile()
+    return model
 
 
 def _batches(n: int, size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -125,7 +143,7 @@ def _autocast(cfg: MEMConfig, device: torch.device):
 def _train_surrogate(model: ClipModel, opt: torch.optim.Optimizer, unit: _Unit, cfg: MEMConfig,
                      generator: torch.Generator, device: torch.device) -> float:
     model.train()
-    n, losses = len(unit.images), []
+    n, losses = len(unit.images), []   # kept on the device: reading each loss back would stall the GPU
     order: list[torch.Tensor] = []
     for step in range(cfg.train_steps):
         if not order:
@@ -139,9 +157,9 @@ def _train_surrogate(model: ClipModel, opt: torch.optim.Optimizer, unit: _Unit, 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(loss.item())
+        losses.append(loss.detach())
     model.eval()
-    return float(np.mean(losses)) if losses else float("nan")
+    return float(torch.stack(losses).float().mean()) if losses else float("nan")
 
 
 @torch.no_grad()
@@ -151,7 +169,7 @@ def unit_features(model: ClipModel, unit: _Unit, which: str, batch_size: int) ->
     for idx in torch.arange(len(unit.images), device=unit.images.device).split(batch_size):
         parts = []
         if which in ("image", "both"):
-            parts.append(model.encode_image(unit.images[idx].float() / 255.0))
+            parts.append(model.encode_image(unit.to_model_input(unit.images[idx].float())))
         if which in ("text", "both"):
             parts.append(model.encode_text(unit.plain_tokens(idx)))
         feats.append(torch.nn.functional.normalize(torch.cat(parts, dim=1).float(), dim=1))
@@ -179,7 +197,7 @@ def _pgd_round(model: ClipModel, unit: _Unit, cfg: MEMConfig, generator: torch.G
     shuffle = cfg.uses_trigger  # with a trigger, the noise must pair with the trigger, not the caption
     per_sample_only = len(unit.parts) == 1 and cfg.effective_noise_scope == "sample"
     first, last = [], []
-    for idx in _batches(len(unit.images), cfg.batch_size, generator):
+    for idx in _batches(len(unit.images), cfg.pgd_batch, generator):
         idx = idx.to(unit.images.device)
         x = unit.images[idx].float()
         lookups = [torch.unique(p.group[idx], return_inverse=True) for p in unit.parts]
@@ -196,7 +214,7 @@ def _pgd_round(model: ClipModel, unit: _Unit, cfg: MEMConfig, generator: torch.G
                 d.requires_grad_(True)
             total = x + sum(d[inverse] for d, (_, inverse) in zip(deltas, lookups))
             with _autocast(cfg, idx.device):
-                image = model.encode_image(total.clamp(0, 255) / 255.0).float()
+                image = model.encode_image(unit.to_model_input(total)).float()
             loss = clip_loss(image, text, model.logit_scale().detach())
             if plain is not None:  # also minimise the loss that a victim on stripped captions sees
                 loss = loss + clip_loss(image, plain, model.logit_scale().detach())
@@ -206,11 +224,11 @@ def _pgd_round(model: ClipModel, unit: _Unit, cfg: MEMConfig, generator: torch.G
             if per_sample_only:  # project onto the valid pixel range too
                 deltas[0] = torch.maximum(torch.minimum(deltas[0], 255 - x), -x)
             if step == 0:
-                first.append(loss.item())
-        last.append(loss.item())
+                first.append(loss.detach())
+        last.append(loss.detach())
         for p, d, (local, _) in zip(unit.parts, deltas, lookups):
             p.store[local] = d.round().to(torch.int8)
-    return float(np.mean(first)), float(np.mean(last))
+    return float(torch.stack(first).mean()), float(torch.stack(last).mean())
 
 
 def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, device: str | torch.device = "cpu",
@@ -238,10 +256,8 @@ def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, devi
                           [{"round": 0, "method": "random"}])
 
     unit = _Unit(images, captions, cfg, device, generator)
-    model = build_model(cfg.arch, cfg.image_size, cfg.context_length, cfg.checkpoint, seed=cfg.seed).to(device)
-    if device.type == "cuda" and not cfg.arch.startswith("tiny-vit"):
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model = surrogate_for(cfg, device, unit)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     centroids = None
     log: list[dict] = []
     for round_ in range(cfg.outer_iters):
@@ -271,9 +287,9 @@ def bootstrap_features(images: torch.Tensor, captions: list[str], cfg: MEMConfig
     generator = torch.Generator().manual_seed(cfg.seed)
     clean = cfg.with_overrides(method="em", train_steps=steps)
     unit = _Unit(images, captions, clean, device)
-    model = build_model(cfg.arch, cfg.image_size, cfg.context_length, cfg.checkpoint, seed=cfg.seed).to(device)
+    model = surrogate_for(clean.with_overrides(compile=False), device, unit)   # a few steps: compiling would not pay
     if not cfg.checkpoint and steps > 0:
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
         _train_surrogate(model, opt, unit, clean, generator, device)
     model.eval()
     return model, unit_features(model, unit, cfg.cluster_features, cfg.batch_size)

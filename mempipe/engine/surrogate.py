@@ -56,11 +56,44 @@ class ClipModel(nn.Module):
         return F.normalize(self.clip.encode_image((images01 - self.mean) / self.std), dim=-1)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.clip.encode_text(tokens), dim=-1)
+        if not self._causal_text:
+            return F.normalize(self.clip.encode_text(tokens), dim=-1)
+        return F.normalize(self._encode_text_prefix(_trim_padding(tokens, self.context_length)), dim=-1)
+
+    @property
+    def _causal_text(self) -> bool:
+        clip = self.clip
+        return (isinstance(clip, CLIP) and clip.text_pool_type == "argmax"
+                and getattr(clip, "attn_mask", None) is not None)
+
+    def _encode_text_prefix(self, tokens: torch.Tensor) -> torch.Tensor:
+        """open_clip's text tower on the first ``tokens.shape[1]`` positions only.
+
+        Exact: under the causal mask no position attends to a later one, and the feature is
+        read at the end token, so the padding after the batch's last end token changes nothing.
+        open_clip's own ``encode_text`` insists on the full context, where most of the work is
+        padding (captions are short; the paper's context is 77).
+        """
+        clip, width = self.clip, tokens.shape[1]
+        cast = clip.transformer.get_cast_dtype()
+        x = clip.token_embedding(tokens).to(cast) + clip.positional_embedding[:width].to(cast)
+        x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:width, :width]))
+        x = x[torch.arange(len(x), device=x.device), tokens.argmax(dim=-1)]   # the end token has the largest id
+        projection = clip.text_projection
+        if projection is None:
+            return x
+        return projection(x) if isinstance(projection, nn.Linear) else x @ projection
 
     def logit_scale(self) -> torch.Tensor:
         # CLIP clamps the learned temperature at 100
         return self.clip.logit_scale.exp().clamp(max=100.0)
+
+
+def _trim_padding(tokens: torch.Tensor, context_length: int, multiple: int = 8) -> torch.Tensor:
+    """Cut the columns after the batch's last end token, rounded up to a multiple of 8 (tensor
+    cores, and few distinct shapes for compiled kernels). Reads one number back from the device."""
+    used = int(tokens.argmax(dim=1).max()) + 1
+    return tokens[:, : min(context_length, tokens.shape[1], -(-used // multiple) * multiple)]
 
 
 def build_model(arch: str, image_size: int, context_length: int, checkpoint: str | None = None,
