@@ -51,6 +51,8 @@ VARIANTS = {
     "mem3-joint": dict(method="mem", trigger_len=3, trigger_scope="sample", pgd_objective="joint"),
     "mem3-rand": dict(method="mem", trigger_len=3, trigger_scope="sample", trigger_placement="random",
                       trigger_vocab="common"),
+    # issue 7: the GPU fast path (bf16 autocast; the same as mem3 on a CPU, where autocast is off)
+    "mem3-bf16": dict(method="mem", trigger_len=3, trigger_scope="sample", precision="bf16"),
 }
 # rows: name -> (training set, countermeasure, what it shows)
 ROWS = {
@@ -60,6 +62,7 @@ ROWS = {
     "em": ("em", "none", "baseline: image-only error-minimising noise"),
     "uc": ("uc", "none", "baseline: cluster-wise error-minimising noise (UC-style)"),
     "mem3": ("mem3", "none", "MEM-3, per-sample triggers"),
+    "mem3-bf16": ("mem3-bf16", "none", "MEM-3 protected in bf16 on a GPU (fast path vs fp32)"),
     "mem5": ("mem5", "none", "MEM-5, per-sample triggers"),
     "mem3-cluster": ("mem3-cluster", "none", "MEM-3, one trigger per cluster"),
     "mem3-global": ("mem3-global", "none", "MEM-3, one trigger for the dataset"),

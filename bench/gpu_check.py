@@ -1,8 +1,11 @@
 """GPU check of the paper preset (RN50 at 224 px, bf16): throughput, peak memory, bf16 vs fp32.
 
-Times whole rounds of the MEM loop over one unit of 2,048 full-size samples and
-extrapolates the full protocol (20 rounds, HotFlip in the first 5) from them; the JSON
-says which numbers are measured and which are extrapolated.
+Times whole rounds of the MEM loop over one unit of 2,048 full-size samples, for the paper
+preset as it is and for the execution options that keep its counts (torch.compile; larger
+PGD batches and all HotFlip candidates in one text forward, which change PGD's in-batch
+negatives), and extrapolates the full protocol (20 rounds, HotFlip in the first 5) from
+them. Every phase is warmed up first on a small unit (cuDNN autotuning, compilation). The
+JSON says which numbers are measured and which are extrapolated.
 
     python bench/gpu_check.py --out bench/results/gpu_check.json
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,11 +21,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from mempipe.demo_data import make_sample  # noqa: E402
 from mempipe.engine import mem, preset  # noqa: E402
-from mempipe.engine.surrogate import build_model  # noqa: E402
+
+VARIANTS = {
+    "paper": {},
+    "paper+compile": {"compile": True},
+    "paper+big-batches": {"pgd_batch_size": 512, "candidate_chunk": 16},
+}
 
 
 def unit_data(n: int, size: int):
@@ -43,21 +53,44 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def one_round(cfg, images, captions, device):
-    """Build a unit and surrogate, then time each phase of one round."""
+def _unit(cfg, images, captions, device, gen):
+    unit = mem._Unit(images, captions, cfg, device, gen)
+    unit.set_groups(None, gen)
+    return unit
+
+
+def one_round(cfg, images, captions, device, warm: int = 256):
+    """Build a unit and surrogate, warm every phase up on a small unit, then time each phase of one round."""
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    unit = mem._Unit(images, captions, cfg, device)
-    unit.set_groups(None, gen)
-    model = build_model(cfg.arch, cfg.image_size, cfg.context_length, seed=cfg.seed).to(device)
-    model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    mem._train_surrogate(model, opt, unit, cfg.with_overrides(train_steps=3), gen, device)  # warm-up
+    unit = _unit(cfg, images, captions, device, gen)
+    model = mem.surrogate_for(cfg, device, unit)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+    small = _unit(cfg, images[:warm], captions[:warm], device, gen)
+    _, warm_s = timed(lambda: (mem._train_surrogate(model, opt, small, cfg.with_overrides(train_steps=3), gen, device),
+                               mem._hotflip_round(model, small, cfg, gen),
+                               mem._pgd_round(model, small, cfg.with_overrides(pgd_steps=2), gen)))
     loss, t_train = timed(lambda: mem._train_surrogate(model, opt, unit, cfg, gen, device))
     (hb, ha), t_hot = timed(lambda: mem._hotflip_round(model, unit, cfg, gen))
     (pf, pl), t_pgd = timed(lambda: mem._pgd_round(model, unit, cfg, gen))
-    return {"train_s": t_train, "hotflip_s": t_hot, "pgd_s": t_pgd, "surrogate_loss": loss,
+    return {"warm_up_s": warm_s, "train_s": t_train, "hotflip_s": t_hot, "pgd_s": t_pgd, "surrogate_loss": loss,
             "hotflip_loss": [hb, ha], "pgd_loss": [pf, pl]}
+
+
+def extrapolate(paper, r: dict, timed_steps: int, unit: int, to_unit: int) -> dict:
+    """Full protocol from one round; surrogate steps are fixed per round, HotFlip and PGD scale with the unit."""
+    grow = to_unit / unit
+    train = r["train_s"] * paper.train_steps / timed_steps
+    full = (paper.outer_iters * (train + r["pgd_s"] * grow) + paper.hotflip_iters * r["hotflip_s"] * grow)
+    return {"unit": to_unit, "full_protocol_s": round(full, 1), "samples_per_s": round(to_unit / full, 2)}
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def main() -> int:
@@ -66,6 +99,7 @@ def main() -> int:
     parser.add_argument("--unit", type=int, default=2048)
     parser.add_argument("--train-steps", type=int, default=50, help="surrogate steps timed (scaled to 200)")
     parser.add_argument("--small", type=int, default=256, help="unit size of the bf16-vs-fp32 check")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -74,29 +108,32 @@ def main() -> int:
     torch.backends.cudnn.benchmark = True
     paper = preset("paper")
     images, captions = unit_data(args.unit, paper.image_size)
-    result = {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else None, "torch": torch.__version__, "unit": args.unit,
-              "preset": paper.to_dict()}
+    result = {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else None, "torch": torch.__version__,
+              "unit": args.unit, "commit": _commit(), "text_width": "used_positions",
+              "train_steps_timed": args.train_steps, "preset": paper.to_dict(), "variants": {}}
 
-    cfg = paper.with_overrides(precision="bf16", train_steps=args.train_steps)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    r = one_round(cfg, images, captions, device)
-    scale = paper.train_steps / args.train_steps
-    round_with_hotflip = r["train_s"] * scale + r["hotflip_s"] + r["pgd_s"]
-    round_without = r["train_s"] * scale + r["pgd_s"]
-    full = paper.hotflip_iters * round_with_hotflip + (paper.outer_iters - paper.hotflip_iters) * round_without
-    result["bf16"] = {**r, "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
-                      "measured": f"one round: {args.train_steps} surrogate steps, HotFlip and PGD over the whole unit",
-                      "extrapolated_full_protocol_s": round(full, 1),
-                      "extrapolated_samples_per_s": round(args.unit / full, 2)}
-    print(json.dumps(result["bf16"]), flush=True)
+    for name in args.variants.split(","):
+        cfg = paper.with_overrides(precision="bf16", train_steps=args.train_steps, **VARIANTS[name])
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        r = one_round(cfg, images, captions, device)
+        r.update(overrides=VARIANTS[name],
+                 peak_gpu_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
+                 measured=f"one round: {args.train_steps} surrogate steps, HotFlip and PGD over the whole unit",
+                 extrapolated=[extrapolate(paper, r, args.train_steps, args.unit, u) for u in (args.unit, 4 * args.unit)])
+        result["variants"][name] = r
+        print(name, json.dumps(r), flush=True)
+    if "paper" in result["variants"]:
+        p = result["variants"]["paper"]
+        result["bf16"] = {**p, "extrapolated_full_protocol_s": p["extrapolated"][0]["full_protocol_s"],
+                          "extrapolated_samples_per_s": p["extrapolated"][0]["samples_per_s"]}
 
     # bf16 vs fp32 on the same small unit and seed: losses after one round
     small_images, small_captions = images[: args.small], captions[: args.small]
     check = {}
     for precision in ("fp32", "bf16"):
         c = paper.with_overrides(precision=precision, train_steps=20, pgd_steps=4, candidates=4)
-        check[precision] = one_round(c, small_images, small_captions, device)
+        check[precision] = one_round(c, small_images, small_captions, device, warm=64)
     result["precision_check"] = {
         "fp32_pgd_loss": check["fp32"]["pgd_loss"], "bf16_pgd_loss": check["bf16"]["pgd_loss"],
         "fp32_surrogate_loss": check["fp32"]["surrogate_loss"], "bf16_surrogate_loss": check["bf16"]["surrogate_loss"],

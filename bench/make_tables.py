@@ -57,15 +57,33 @@ def shortcut_race_table() -> str:
     return "\n".join(lines)
 
 
+def _throughput_rows(t: dict, lines: list[str]) -> None:
+    what = f"{t['samples']} samples, {t['config']['outer_iters']} rounds x {t['config']['train_steps']} surrogate steps"
+    quick = ", --quick" if t.get("quick") else ""
+    lines.append(f"| CPU overhead ratio, MEM loop ÷ same model work in a tight loop ({what}{quick}) | "
+                 f"{t['overhead_ratio']:.3f} ({t['mem_seconds']} s / {t['replay_seconds']} s) | {t['host']}, {t['threads']} threads |")
+    lines.append(f"| cpu-tiny MEM throughput ({what}{quick}) | {t['mem_samples_per_s']:.2f} samples/s, "
+                 f"{t['mem_seconds']:.0f} s | {t['host']}, {t['threads']} threads |")
+
+
 def performance_table() -> str:
     lines = ["| measurement | value | where |", "|---|---|---|"]
-    tp = RESULTS / "throughput.json"
-    if tp.exists():
-        t = json.loads(tp.read_text())
-        lines.append(f"| CPU overhead ratio (MEM loop ÷ same model work in a tight loop) | {t['overhead_ratio']:.3f} | {t['host']} |")
-        what = f"{t['samples']} samples, {t['config']['outer_iters']} rounds x {t['config']['train_steps']} surrogate steps"
-        lines.append(f"| cpu-tiny MEM throughput ({what}{', --quick' if t.get('quick') else ''}) | "
-                     f"{t['mem_samples_per_s']:.2f} samples/s | {t['host']}, {t['threads']} threads |")
+    components = None
+    for name in ("throughput.json", "throughput_2000.json"):
+        tp = RESULTS / name
+        if tp.exists():
+            t = json.loads(tp.read_text())
+            _throughput_rows(t, lines)
+            components = t.get("components", components)
+    if components:
+        for key, c in components.items():
+            if key.startswith("text_tower_") and c["used_width"] < c["context"]:  # else nothing was cut
+                lines.append(f"| text tower {key.removeprefix('text_tower_')}, batch {c['batch']}: full {c['context']}-token "
+                             f"context vs the {c['used_width']} positions used (exact) | {c['full_context_s']} s vs "
+                             f"{c['used_positions_s']} s ({c['speedup']}x) | CPU |")
+        g = components["group_swap_losses"]
+        lines.append(f"| HotFlip group-swap losses, batch {g['batch']}, d {g['dim']}, per-sample groups: one logit matrix "
+                     f"per group vs two matrices (exact) | {g['dense_s']} s vs {g['engine_s']} s ({g['speedup']}x) | CPU |")
     mem = RESULTS / "memory.json"
     if mem.exists():
         m = json.loads(mem.read_text())
@@ -74,14 +92,39 @@ def performance_table() -> str:
                          f"{r['peak_driver_rss_mib']:.0f} / {r['peak_tree_rss_mib']:.0f} MiB, {r['seconds']} s | {m['host']} (2 cores) |")
         lines.append(f"| peak RSS ratio {m['runs'][-1]['samples']} ÷ {m['runs'][0]['samples']} samples (tree / driver) | "
                      f"{m['ratio_tree']} / {m['ratio_driver']} | {m['host']} |")
+    fl = RESULTS / "flops.json"
+    if fl.exists():
+        f = json.loads(fl.read_text())
+        for label, u in f["unit_flops"].items():
+            lines.append(f"| paper protocol, FLOPs per sample (unit {f['unit']}, text tower on {label.replace('_', ' ')}) | "
+                         f"{u['per_sample'] / 1e12:.1f} TFLOP (surrogate {u['surrogate'] / u['total']:.0%}, PGD "
+                         f"{u['pgd'] / u['total']:.0%}, HotFlip {u['hotflip'] / u['total']:.0%}) | counted (FlopCounterMode) |")
+        for row in f["by_unit_size"]:
+            need = next(v for k, v in row.items() if k.startswith("tflops_needed"))
+            lines.append(f"| sustained rate needed for 50 samples/s, unit {row['unit']} | {need} TFLOP/s = "
+                         f"{row['share_of_h100_peak']:.0%} of the H100 bf16 dense datasheet peak | counted FLOPs |")
+        if "recorded_gpu_run" in f:
+            r = f["recorded_gpu_run"]
+            a = r["achieved_tflops"]
+            lines.append(f"| FLOP rate achieved by the recorded GPU run (surrogate / PGD / HotFlip; whole protocol) | "
+                         f"{a['surrogate']} / {a['pgd']} / {a['hotflip']}; {r['achieved_tflops_overall']} TFLOP/s | {r['gpu']} |")
+            projected = ", ".join(f"{row['projected_samples_per_s_at_recorded_rate']} (unit {row['unit']})"
+                                  for row in f["by_unit_size"])
+            lines.append(f"| **projection, not measured**: current code's FLOPs at that run's rate | {projected} samples/s | "
+                         f"counted FLOPs ÷ {r['gpu']} rate |")
     gc = RESULTS / "gpu_check.json"
     if gc.exists():
         g = json.loads(gc.read_text())
+        code = f"commit {g['commit']}" if "commit" in g else "code before commit b9e1e12 (the exact text/HotFlip shortcuts)"
         b = g["bf16"]
-        lines.append(f"| paper preset over {g['unit']} samples (bf16), {b['measured']} | surrogate {b['train_s']:.1f} s, "
-                     f"HotFlip {b['hotflip_s']:.1f} s, PGD {b['pgd_s']:.1f} s | {g['gpu']} |")
-        lines.append(f"| paper preset, full protocol (20 rounds) | {b['extrapolated_samples_per_s']} samples/s "
-                     f"(extrapolated from the round) | {g['gpu']} |")
+        for name, v in g.get("variants", {"paper": b}).items():
+            lines.append(f"| {name} over {g['unit']} samples (bf16), {v['measured']} | surrogate {v['train_s']:.1f} s, "
+                         f"HotFlip {v['hotflip_s']:.1f} s, PGD {v['pgd_s']:.1f} s | {g['gpu']}, {code} |")
+            for e in v.get("extrapolated", []):
+                lines.append(f"| {name}, full protocol (20 rounds), unit {e['unit']} | {e['samples_per_s']} samples/s "
+                             f"(extrapolated from the round) | {g['gpu']}, {code} |")
+        lines.append(f"| paper preset, full protocol (20 rounds), unit {g['unit']} | {b['extrapolated_samples_per_s']} "
+                     f"samples/s (extrapolated from the round) | {g['gpu']}, {code} |")
         lines.append(f"| peak GPU memory, paper preset | {b['peak_gpu_memory_gib']} GiB | {g['gpu']} |")
         pc = g["precision_check"]
         lines.append(f"| bf16 vs fp32, PGD loss after one round | {pc['bf16_pgd_loss'][1]:.4f} vs {pc['fp32_pgd_loss'][1]:.4f} "

@@ -45,6 +45,15 @@ def test_every_manifest_parses_and_its_entrypoint_goes_through_the_cli_parser():
     assert "nvidia/cuda" in (ROOT / "deploy" / "Dockerfile").read_text()
 
 
+def test_execution_options_reach_the_engine_config():
+    args = build_parser().parse_args(["protect", "in", "out", "--preset", "paper", "--precision", "bf16",
+                                      "--pgd-batch-size", "512", "--compile"])
+    cfg = engine_config(args)
+    assert (cfg.precision, cfg.pgd_batch, cfg.compile, cfg.batch_size) == ("bf16", 512, True, 128)
+    plain = engine_config(build_parser().parse_args(["protect", "in", "out", "--preset", "paper"]))
+    assert (plain.precision, plain.pgd_batch, plain.compile) == ("fp32", 128, False)  # the preset as it is
+
+
 @pytest.fixture
 def ray_head(tmp_path, monkeypatch):
     """A real `ray start --head` on loopback ports with token authentication, stopped afterwards."""
