@@ -4,7 +4,8 @@ FlopCounterMode counts the matmul and convolution FLOPs of each surrogate call t
 makes (RN50 at 224 px, the text tower at the widths the demo captions really use, and at the
 full 77-token context as open_clip runs it), per sample; the loop counts of the paper preset
 turn them into FLOPs per unit. With a GPU measurement on record (bench/results/gpu_check.json)
-it also derives the FLOP rate that run achieved in each phase.
+it also derives the FLOP rate that run achieved in each phase (its code also encoded each
+HotFlip batch's current texts once more, about 2 % of HotFlip's FLOPs, not counted here).
 
     python bench/flops.py [--out bench/results/flops.json]
 """
@@ -89,9 +90,9 @@ def unit_flops(cfg, n: int, image: dict, text: dict, plain_text: dict) -> dict[s
     return {
         "surrogate": rounds * cfg.train_steps * cfg.batch_size * (image["image_train"] + text["text_train"]),
         "pgd": rounds * cfg.pgd_steps * n * (image["image_input_grad"] + text["text_forward"]),
-        # per batch: image features once, current texts once; per position: one gradient pass,
-        # c candidates, one proposal (a second one only when the proposal loses)
-        "hotflip": hot * n * (image["image_forward"] + text["text_forward"]
+        # per batch: image features once; per position: one gradient pass (which also gives the
+        # current texts), c candidates, one proposal (a second one only when the proposal loses)
+        "hotflip": hot * n * (image["image_forward"]
                               + k * (text["text_embedding_grad"] + (c + 1) * text["text_forward"])),
         "cluster_features": n * (image["image_forward"] + plain_text["text_forward"]),
     }

@@ -35,6 +35,8 @@ def hotflip_batch(model: ClipModel, image_features: torch.Tensor, trigger: torch
     and the batch loss before and after; the new trigger's loss is never worse.
     """
     n_groups, k = trigger.shape
+    if k == 0:
+        return trigger, float("nan"), float("nan")
     ctx = model.context_length
     scale = model.logit_scale().detach()
     embedding = model.token_embedding.weight.detach()
@@ -46,19 +48,18 @@ def hotflip_batch(model: ClipModel, image_features: torch.Tensor, trigger: torch
     def text_features(trig_per_sample: torch.Tensor) -> torch.Tensor:
         return model.encode_text(compose(trig_per_sample, body, lengths, ctx, insert_at))
 
-    with torch.no_grad():
-        current = text_features(trigger[groups])
-        start_loss = clip_loss(image_features, current, scale).item()
-    current_loss = start_loss
-
     for position in range(k):
         # first-order scores: loss change ~ (e' - e) . grad, so rank tokens by -grad . E
         tap = _EmbeddingTap(model.token_embedding)
         try:
-            loss = clip_loss(image_features, text_features(trigger[groups]), scale)
+            features = text_features(trigger[groups])
+            loss = clip_loss(image_features, features, scale)
             grad = torch.autograd.grad(loss, tap.captured)[0][rows, starts + position]      # N x d
         finally:
             tap.close()
+        if position == 0:  # later positions start from the accepted proposal, whose features are known
+            current, current_loss = features.detach(), loss.item()
+            start_loss = current_loss
         group_grad = torch.zeros(n_groups, grad.shape[1], dtype=grad.dtype, device=grad.device)
         group_grad.index_add_(0, groups, grad)
         scores = -(group_grad @ embedding.t().to(grad.dtype))                                 # G x V
