@@ -82,7 +82,7 @@ def extrapolate(paper, r: dict, timed_steps: int, unit: int, to_unit: int) -> di
     grow = to_unit / unit
     train = r["train_s"] * paper.train_steps / timed_steps
     full = (paper.outer_iters * (train + r["pgd_s"] * grow) + paper.hotflip_iters * r["hotflip_s"] * grow)
-    return {"unit": to_unit, "full_protocol_s": round(full, 1), "samples_per_s": round(to_unit / full, 2)}
+    return {"unit": to_unit, "full_protocol_s": round(full, 1), "samples_per_s": float(f"{to_unit / full:.3g}")}
 
 
 def _commit() -> str:
@@ -101,12 +101,13 @@ def main() -> int:
     parser.add_argument("--small", type=int, default=256, help="unit size of the bf16-vs-fp32 check")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--overrides", default="{}", help="JSON engine overrides on the paper preset (smoke tests)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
-    paper = preset("paper")
+    paper = preset("paper").with_overrides(**json.loads(args.overrides))
     images, captions = unit_data(args.unit, paper.image_size)
     result = {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else None, "torch": torch.__version__,
               "unit": args.unit, "commit": _commit(), "text_width": "used_positions",
