@@ -1,3 +1,5 @@
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -319,6 +321,8 @@ def test_pgd_batch_size_sets_the_pgd_batch_only(monkeypatch):
         TINY.with_overrides(pgd_batch_size=-1)
 
 
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile on a CPU needs a C++ compiler")
 def test_compiled_towers_give_the_eager_result():
     """torch.compile (inductor, on this CPU) must not change what MEM computes beyond float noise."""
     images, captions = demo(16)
