@@ -58,9 +58,9 @@ class _Unit:
                  generator: torch.Generator | None = None):
         self.cfg = cfg
         self.images = images.to(device)                                   # uint8
-        # convolutional surrogates on a GPU run channels_last; feed them that layout
-        self.memory_format = (torch.channels_last if device.type == "cuda" and not cfg.arch.startswith("tiny-vit")
-                              else torch.contiguous_format)
+        # convolutional surrogates (open_clip's RN* and tiny-resnet) run channels_last on a GPU; feed them that layout
+        convolutional = cfg.arch.startswith("RN") or "resnet" in cfg.arch
+        self.memory_format = torch.channels_last if device.type == "cuda" and convolutional else torch.contiguous_format
         self.body, self.lengths = (t.to(device) for t in encode_captions(captions, cfg.context_length - 2))
         n = len(images)
         self.parts = [NoisePart(torch.zeros(n, *images.shape[1:], dtype=torch.int8, device=device),
