@@ -4,7 +4,7 @@
 #      compiled, and with larger PGD/HotFlip batches; peak memory; bf16 vs fp32 losses;
 #   2. the protection effect of the fast path: MEM-3 protected in bf16 vs fp32 (cpu-tiny protocol,
 #      tiny-resnet victim, 30 epochs), as bench/effectiveness.py rows.
-# Wheels for what the GPU image lacks travel in .whl (see README, Performance).
+# Wheels for what the GPU image lacks travel in .whl (see README, Benchmarks).
 set -uo pipefail
 OUT=${OUT:-bench/results}
 if ls .whl/*.whl >/dev/null 2>&1; then
