@@ -65,7 +65,7 @@ def one_round(cfg, images, captions, device, warm: int = 256):
     torch.manual_seed(cfg.seed)
     unit = _unit(cfg, images, captions, device, gen)
     model = mem.surrogate_for(cfg, device, unit)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+    opt = mem.surrogate_optimizer(model, cfg, device)
     small = _unit(cfg, images[:warm], captions[:warm], device, gen)
     _, warm_s = timed(lambda: (mem._train_surrogate(model, opt, small, cfg.with_overrides(train_steps=3), gen, device),
                                mem._hotflip_round(model, small, cfg, gen),

@@ -130,6 +130,11 @@ def surrogate_for(cfg: MEMConfig, device: torch.device, unit: _Unit) -> ClipMode
     return model
 
 
+def surrogate_optimizer(model: ClipModel, cfg: MEMConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW for the surrogate; the fused kernel on a GPU (one launch per step, not one per tensor)."""
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+
+
 def _batches(n: int, size: int, generator: torch.Generator) -> list[torch.Tensor]:
     return list(torch.randperm(n, generator=generator).split(size))
 
@@ -257,7 +262,7 @@ def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, devi
 
     unit = _Unit(images, captions, cfg, device, generator)
     model = surrogate_for(cfg, device, unit)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+    opt = surrogate_optimizer(model, cfg, device)
     centroids = None
     log: list[dict] = []
     for round_ in range(cfg.outer_iters):
@@ -289,7 +294,7 @@ def bootstrap_features(images: torch.Tensor, captions: list[str], cfg: MEMConfig
     unit = _Unit(images, captions, clean, device)
     model = surrogate_for(clean.with_overrides(compile=False), device, unit)   # a few steps: compiling would not pay
     if not cfg.checkpoint and steps > 0:
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+        opt = surrogate_optimizer(model, cfg, device)
         _train_surrogate(model, opt, unit, clean, generator, device)
     model.eval()
     return model, unit_features(model, unit, cfg.cluster_features, cfg.batch_size)
