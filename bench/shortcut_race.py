@@ -25,6 +25,8 @@ Sets (all within the same L-inf budget as mempipe unless stated):
                    train and test images alike), clean and with the trigger code
 
     python bench/shortcut_race.py              # ~10 min on 2 CPU cores (8 victim epochs per set)
+    python bench/shortcut_race.py --style photo   # the photo-like regime at its calibrated difficulty,
+                                                  # 8,000 pairs -> bench/results/shortcut_race_photo.json
 """
 from __future__ import annotations
 
@@ -41,11 +43,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mempipe.datasets import load_pairs  # noqa: E402
-from mempipe.demo_data import write_demo_data  # noqa: E402
+from mempipe.demo_data import PHOTO_DIFFICULTY, write_demo_data  # noqa: E402
 from mempipe.engine.clusters import kmeans  # noqa: E402
 from mempipe.engine.text import encode_captions, random_trigger_ids, tokenizer  # noqa: E402
 from mempipe.victim import VictimConfig, train_victim  # noqa: E402
 
+# photo style: the class-wise race at eps 8 without grain on top (grain drowns an 8-level pattern)
+PHOTO_SETS = ["clean", "cluster-eps8", "cluster-gray", "trigger-code"]
 SETS = ["clean", "cluster-eps8", "cluster-eps32", "cluster-gray", "word-code", "trigger-code", "hard-clean",
         "hard-trigger-code"]
 
@@ -108,24 +112,31 @@ def plant(name: str, images: torch.Tensor, captions: list[str], eps: int, genera
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--sets", default=None, help=f"default: {','.join(SETS)} (scenes), {','.join(PHOTO_SETS)} (photo)")
+    parser.add_argument("--style", choices=("scenes", "photo"), default="scenes")
+    parser.add_argument("--difficulty", type=float, default=PHOTO_DIFFICULTY, help="photo style: the frozen level")
+    parser.add_argument("--train", type=int, default=None, help="default: 2,000 (scenes), 8,000 (photo)")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--victim", default="tiny-resnet")
     parser.add_argument("--eps", type=int, default=8)
     parser.add_argument("--work", default=str(ROOT / "bench" / "work"))
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "shortcut_race.json"))
+    parser.add_argument("--out", default=None, help="default: bench/results/shortcut_race[_photo].json")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
-    data = Path(args.work) / "data"
+    photo = args.style == "photo"
+    n_train = args.train or (8000 if photo else 2000)
+    args.out = args.out or str(ROOT / "bench" / "results" / ("shortcut_race_photo.json" if photo else "shortcut_race.json"))
+    data = Path(args.work) / (f"photo_d{args.difficulty}_{n_train}" if photo else "data")
     if not (data / "test").exists():
-        write_demo_data(str(data), 2000, 500, size=64, seed=0)
+        write_demo_data(str(data), n_train, 500, size=64, seed=0, style=args.style, difficulty=args.difficulty)
     images, captions, _ = load_pairs(str(data / "train"), 64)
     test_images, test_captions, _ = load_pairs(str(data / "test"), 64)
     results = {"meta": {"host": platform.node(), "device": args.device, "torch": torch.__version__,
                         "victim": args.victim, "epochs": args.epochs, "eps": args.eps, "train": len(images),
+                        "style": args.style, "difficulty": args.difficulty if photo else None,
                         "test": len(test_images), "date": time.strftime("%Y-%m-%d %H:%M:%S")}, "sets": []}
-    names = args.sets.split(",")
+    names = (args.sets or ",".join(PHOTO_SETS if photo else SETS)).split(",")
     if Path(args.out).exists():  # keep the sets of earlier runs that this run does not redo
         results["sets"] = [e for e in json.loads(Path(args.out).read_text())["sets"] if e["set"] not in names]
     for name in names:

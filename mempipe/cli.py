@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--test", type=int, required=True)
     demo.add_argument("--size", type=int, default=64)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--style", choices=("scenes", "photo"), default="scenes",
+                      help="scenes: flat shapes, learned fast; photo: 1/f clutter, shape-only identity, learned slowly")
+    demo.add_argument("--difficulty", type=float, default=None,
+                      help="photo style only: the nuisance knob in [0, 1] (default: the calibrated value)")
     demo.add_argument("--storage-options")
 
     add_protect_arguments(sub.add_parser("protect", help="protect shards with MEM or a baseline"))
@@ -75,6 +79,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device", default=None)
+
+    ing = sub.add_parser("ingest", help="Flickr8K/30K, MSCOCO or a CSV of images and captions into shards")
+    ing.add_argument("src", help="the dataset folder (flickr8k, flickr30k, coco) or the CSV file (csv)")
+    ing.add_argument("output", help="output prefix for the shards")
+    ing.add_argument("--format", required=True, choices=("csv", "flickr8k", "flickr30k", "coco"))
+    ing.add_argument("--captions", choices=("all", "first"), default="all",
+                     help="all: one sample per caption row (as the authors train); first: one per image")
+    ing.add_argument("--image-root", help="folder the image paths are relative to (default: the layout's own)")
+    ing.add_argument("--annotations", help="coco: the captions JSON (default annotations/captions_train2017.json)")
+    ing.add_argument("--image-column", help="csv: the image path column (default: images, image, filepath, ...)")
+    ing.add_argument("--caption-column", help="csv: the caption column (default: caption, text, ...)")
+    ing.add_argument("--split-file", help="keep only the images listed in this file (one name per line)")
+    ing.add_argument("--test-images", type=int, default=0,
+                     help="write OUT/train and OUT/test with this many whole images in test (seeded)")
+    ing.add_argument("--seed", type=int, default=0)
+    ing.add_argument("--max-size", type=int, default=512, help="longer image side after resizing (px)")
+    ing.add_argument("--per-shard", type=int, default=1000)
+    ing.add_argument("--storage-options")
 
     ins = sub.add_parser("inspect", help="imperceptibility and trigger summary of a protected output")
     ins.add_argument("output")
@@ -129,13 +151,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "demo-data":
-            from .demo_data import write_demo_data
+            from .demo_data import DEFAULT_DIFFICULTY, write_demo_data
 
+            if args.difficulty is not None and args.style != "photo":
+                parser.error("--difficulty applies to --style photo only")
+            difficulty = DEFAULT_DIFFICULTY if args.difficulty is None else args.difficulty
             print(json.dumps(write_demo_data(args.out, args.train, args.test, args.size, args.seed,
-                                             parse_storage_options(args.storage_options))))
+                                             parse_storage_options(args.storage_options), style=args.style,
+                                             difficulty=difficulty)))
             return 0
         if args.command == "protect":
             return _protect(args)
+        if args.command == "ingest":
+            from .ingest import ingest
+
+            print(json.dumps(ingest(args.src, args.output, args.format, args.captions, args.image_root,
+                                    args.annotations, args.image_column, args.caption_column, args.split_file,
+                                    args.test_images, args.seed, args.max_size, args.per_shard,
+                                    parse_storage_options(args.storage_options))))
+            return 0
         if args.command == "eval":
             from .evaluate import main_eval
 

@@ -1,5 +1,8 @@
 """Procedural image-caption pairs in the img2dataset layout (``mempipe demo-data``).
 
+Two styles: ``scenes`` (below; flat colours, learned in a few epochs) and ``photo``
+(``photo_data.py``; natural-image statistics, learned slowly).
+
 Scenes are compositional (one or two objects: shape, colour, size, position, on a
 patterned background) and captions describe them in varied templates: lead-ins or
 none, clauses in either order, optional filler words, synonyms. A text encoder must
@@ -154,14 +157,37 @@ def _jpeg(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+STYLES = ("scenes", "photo")
+# The photo style's difficulty, frozen by bench/calibrate.py on clean and random-words curves
+# alone (bench/results/calibration.json) before any protected set was trained on. Never tuned
+# after seeing protection results; tests/test_demo_data.py checks it against that file.
+PHOTO_DIFFICULTY = 0.5
+DEFAULT_DIFFICULTY = PHOTO_DIFFICULTY
+
+
+def sample_for(style: str, index: int, size: int, seed: int, difficulty: float = DEFAULT_DIFFICULTY):
+    """(pixels, caption, scene) of one sample of either style."""
+    if style == "scenes":
+        return make_sample(index, size, seed)
+    if style == "photo":
+        from .photo_data import make_photo_sample
+
+        return make_photo_sample(index, size, seed, difficulty)
+    raise ValueError(f"unknown demo-data style {style!r}; choose from {STYLES}")
+
+
 def write_split(out_url: str, count: int, size: int, seed: int, first_index: int, per_shard: int = 500,
-                storage_options: dict | None = None) -> int:
+                storage_options: dict | None = None, style: str = "scenes",
+                difficulty: float = DEFAULT_DIFFICULTY) -> int:
     """Write ``count`` samples as img2dataset-style shards; returns the number of shards."""
     shards = (count + per_shard - 1) // per_shard
+    generator = {"generator": "mempipe demo-data", "seed": seed, "size": size, "style": style}
+    if style == "photo":
+        generator["difficulty"] = difficulty
     for shard_id in range(shards):
         samples = []
         for i in range(shard_id * per_shard, min(count, (shard_id + 1) * per_shard)):
-            pixels, caption, scene = make_sample(first_index + i, size, seed)
+            pixels, caption, scene = sample_for(style, first_index + i, size, seed, difficulty)
             key = f"{shard_id:05d}{i - shard_id * per_shard:04d}"
             data = _jpeg(pixels)
             meta = {
@@ -172,13 +198,19 @@ def write_split(out_url: str, count: int, size: int, seed: int, first_index: int
             }
             samples.append(ShardOutput(key=key, image=data, image_ext="jpg", caption=caption, meta=meta))
         write_shard(out_url, f"{shard_id:05d}", samples, storage_options=storage_options, record_timing=False,
-                    extra_stats={"generator": "mempipe demo-data", "seed": seed, "size": size})
+                    extra_stats=generator)
     return shards
 
 
 def write_demo_data(out_url: str, train: int, test: int, size: int = 64, seed: int = 0,
-                    storage_options: dict | None = None) -> dict:
-    """``OUT/train`` and ``OUT/test``; test scenes never share an index with train scenes."""
-    n_train = write_split(join(out_url, "train"), train, size, seed, 0, storage_options=storage_options)
-    n_test = write_split(join(out_url, "test"), test, size, seed, 10_000_000, storage_options=storage_options)
-    return {"train": train, "test": test, "train_shards": n_train, "test_shards": n_test, "size": size, "seed": seed}
+                    storage_options: dict | None = None, style: str = "scenes",
+                    difficulty: float = DEFAULT_DIFFICULTY) -> dict:
+    """``OUT/train`` and ``OUT/test``; test samples never share an index with train samples."""
+    options = dict(storage_options=storage_options, style=style, difficulty=difficulty)
+    n_train = write_split(join(out_url, "train"), train, size, seed, 0, **options)
+    n_test = write_split(join(out_url, "test"), test, size, seed, 10_000_000, **options)
+    out = {"train": train, "test": test, "train_shards": n_train, "test_shards": n_test, "size": size, "seed": seed,
+           "style": style}
+    if style == "photo":
+        out["difficulty"] = difficulty
+    return out

@@ -25,3 +25,34 @@ def test_gpu_check_runs_end_to_end_on_a_tiny_surrogate(tmp_path):
     assert result["bf16"]["extrapolated_samples_per_s"] == result["variants"]["paper"]["extrapolated"][0]["samples_per_s"]
     # autocast is a GPU path: on a CPU both precisions compute the same thing
     assert result["precision_check"]["relative_pgd_loss_difference"] == 0.0
+
+
+def test_reproduce_paper_end_to_end_on_a_fake_flickr8k(tmp_path):
+    """ingest -> protect (MEM-3, MEM-5, EM, random) + random-words -> victims -> table, tiny models on a CPU."""
+    from mempipe.photo_data import make_photo_sample
+    from PIL import Image
+
+    root = tmp_path / "flickr8k"
+    (root / "Images").mkdir(parents=True)
+    lines = ["image,caption"]
+    for i in range(30):
+        pixels, caption, _ = make_photo_sample(i, 80, seed=5, difficulty=0.2)
+        Image.fromarray(pixels).save(root / "Images" / f"{i:04d}.jpg")
+        lines += [f"{i:04d}.jpg,{caption}", f"{i:04d}.jpg,{caption}, seen again"]
+    (root / "captions.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "reproduce.json"
+    subprocess.run([sys.executable, "bench/reproduce_paper.py", "--dataset", "flickr8k", "--root", str(root), "--tiny",
+                    "--device", "cpu", "--test-images", "10", "--epochs", "2", "--work", str(tmp_path / "work"),
+                    "--out", str(out)], cwd=ROOT, check=True, capture_output=True, timeout=900)
+    result = json.loads(out.read_text())
+    assert list(result["rows"]) == ["clean", "random-words", "random", "em", "mem3", "mem5"]
+    assert result["meta"]["ingest"]["train"]["samples"] == 40 and result["meta"]["ingest"]["test"]["samples"] == 10
+    for row in result["rows"].values():
+        m = row["clean"]
+        assert row["n_train"] == 40 and m["chance_R@10"] == 100.0
+        assert all(0 <= m[f"{d}_R@{k}"] <= 100 for d in ("i2t", "t2i") for k in (1, 5, 10))
+        assert 1 <= m["i2t_median_rank"] <= 10
+    assert {f"protect {m}" for m in ("random", "em", "mem3", "mem5")} <= set(result["seconds"])
+    assert result["protection"]["mem3"]["samples_protected"] == 40
+    table = out.with_suffix(".md").read_text()
+    assert "| mem5 |" in table and "tiny smoke" in table
