@@ -49,7 +49,12 @@ def add_protect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus-per-actor", type=float, default=0.0, help="0 = CPU actors")
     p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: start a local Ray)")
     p.add_argument("--no-ray", action="store_true", help="run in this process, without Ray")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--record", help="the owner's private record: triggers, clusters, per-sample measures "
+                   "(default: OUTPUT_mempipe_record beside the output; never publish it)")
+    p.add_argument("--provenance", choices=("public", "full"), default="public",
+                   help="public: shards carry only method, epsilon, version and run id; full: everything (research)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", action="store_true", help="Ray's own logs, operator tables and worker output")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("output")
     ins.add_argument("--original", help="the input prefix, for SSIM/PSNR against the originals")
     ins.add_argument("--grid", help="write a PNG grid: original / protected / noise x10")
+    ins.add_argument("--record", help="the private record (default: OUTPUT_mempipe_record when it exists)")
     ins.add_argument("--storage-options")
     return parser
 
@@ -134,14 +140,19 @@ def _protect(args: argparse.Namespace) -> int:
         if args.partition == "cluster":
             raise ValueError("--partition cluster runs on Ray; drop --no-ray")
         record = protect(args.input, args.output, cfg, args.image_format, options, device=args.device,
-                         show_progress=not args.quiet)
+                         show_progress=not args.quiet, record_url=args.record, provenance=args.provenance)
     else:
         from .pipeline import run_pipeline
 
         if args.num_actors < 1:
             raise ValueError("--num-actors must be at least 1")
         record = run_pipeline(args.input, args.output, cfg, args.image_format, options, args.partition,
-                              args.num_actors, args.gpus_per_actor, args.ray_address)
+                              args.num_actors, args.gpus_per_actor, args.ray_address, record_url=args.record,
+                              provenance=args.provenance, show_progress=not args.quiet, verbose=args.verbose)
+    if not args.quiet:
+        print(f"protected {record['samples_protected']} samples, {record['samples_failed']} failed (reasons in the "
+              f"parquet files), {record['shards_written']} shard(s) written in {record['seconds']} s -> {record['output']}\n"
+              f"private record (triggers, clusters; do not publish): {record['record']}", file=sys.stderr)
     print(json.dumps({k: record[k] for k in ("output", "shards_written", "samples_protected", "samples_failed", "seconds")}))
     return 0
 

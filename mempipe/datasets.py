@@ -53,7 +53,7 @@ def load_pairs(url: str, image_size: int, defense: str = "none", storage_options
     """(N x 3 x S x S uint8 after 'resize shorter side + center crop', captions, keys)."""
     _register_fsspec_urls()
     urls = list_shards(url, storage_options)
-    dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("pil").to_tuple(
+    dataset = wds.WebDataset(urls, shardshuffle=False).decode("pil").to_tuple(
         "__key__", "jpg;png;webp;jpeg", "txt")
     images, captions, keys = [], [], []
     for key, image, caption in dataset:

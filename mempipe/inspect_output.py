@@ -7,12 +7,17 @@ from collections import Counter
 import numpy as np
 
 from .images import decode_rgb, psnr, ssim
+from .provenance import default_record_url, read_private_samples, read_run_record
 from .shards import iter_shard, list_shards, shard_name
-from .storage import filesystem, join, parse_storage_options
+from .storage import filesystem, parse_storage_options
 
 
 def summarize(output_url: str, original_url: str | None = None, storage_options: dict | None = None,
-              grid_path: str | None = None, grid_count: int = 6) -> dict:
+              grid_path: str | None = None, grid_count: int = 6, record_url: str | None = None) -> dict:
+    """What the output holds; triggers and per-sample measures come from the private record when
+    it is reachable (the published json carries them only under ``--provenance full``)."""
+    record_url = record_url or default_record_url(output_url)
+    private = read_private_samples(record_url, storage_options)
     originals: dict[str, str] = {}
     if original_url:
         originals = {shard_name(u): u for u in list_shards(original_url, storage_options)}
@@ -27,7 +32,7 @@ def summarize(output_url: str, original_url: str | None = None, storage_options:
             if s.error:
                 failed += 1
                 continue
-            m = s.meta.get("mempipe", {})
+            m = {**s.meta.get("mempipe", {}), **private.get((name, s.key), {})}
             methods[m.get("method")] += 1
             if m.get("trigger"):
                 triggers[m["trigger"]] += 1
@@ -49,16 +54,14 @@ def summarize(output_url: str, original_url: str | None = None, storage_options:
     for path in sorted(p for p in fs.find(prefix, maxdepth=1) if p.endswith(".parquet")):
         with fs.open(path, "rb") as f:
             parquet_failed += sum(1 for s in pq.read_table(f, columns=["status"]).column("status").to_pylist() if s != "success")
-    record = None
-    if fs.exists(join(prefix, "mempipe_run.json")):
-        with fs.open(join(prefix, "mempipe_run.json")) as f:
-            record = json.load(f)
+    record = read_run_record(output_url, record_url, storage_options)
     summary = {
         "samples": sum(methods.values()), "failed_recorded": parquet_failed, "methods": dict(methods),
         "distinct_triggers": len(triggers), "top_triggers": triggers.most_common(5), "max_delta": max_delta,
         "psnr_mean": round(float(np.mean([p for p in psnrs if np.isfinite(p)])), 3) if psnrs else None,
         "ssim_mean": round(float(np.mean(ssims)), 4) if ssims else None, "compared_with_original": len(psnrs),
         "config": record.get("config") if record else None,
+        "private_record": record_url if private else None,
     }
     if grid_path and grid:
         save_grid(grid, grid_path)
@@ -84,6 +87,7 @@ def save_grid(pairs: list[tuple[np.ndarray, np.ndarray]], path: str, amplify: in
 
 
 def main_inspect(args) -> int:
-    summary = summarize(args.output, args.original, parse_storage_options(args.storage_options), args.grid)
+    summary = summarize(args.output, args.original, parse_storage_options(args.storage_options), args.grid,
+                        record_url=args.record)
     print(json.dumps(summary, indent=2))
     return 0

@@ -15,6 +15,7 @@ searched once and every actor reads it. Resume: a shard with a stats file is don
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from typing import Any
@@ -31,9 +32,11 @@ from .engine.mem import bootstrap_features, protect_unit, sample_features
 from .engine.surrogate import build_model
 from .engine.text import decode_trigger
 from .images import ImageFormat
-from .protect import RUN_RECORD, Decoded, check_paths, decode_sample, run_unit, split_units, surrogate_batch
-from .shards import RawSample, ShardOutput, iter_shard, list_shards, shard_done, shard_name, write_shard
-from .storage import filesystem, join, redact, write_bytes_atomic
+from .progress import RunProgress, quiet_ray
+from .protect import Decoded, check_paths, decode_sample, run_unit, split_units, surrogate_batch, write_protected_shard
+from .provenance import check_record, default_record_url, new_run_id, read_run_record, write_run_record
+from .shards import RawSample, ShardOutput, iter_shard, list_shards, shard_done, shard_name
+from .storage import redact
 
 TRIGGER_ACTOR = "mempipe-trigger-state"
 FEATURE_SAMPLE = 2048
@@ -41,16 +44,24 @@ FEATURE_SAMPLE = 2048
 
 @ray.remote(num_cpus=0)
 class TriggerState:
-    """The run's shared trigger table: written once by the driver, read by every MEM actor."""
+    """The run's shared state: the trigger table and the feature model's weights, written once by
+    the driver and read by every actor (so actor constructors take names, not objects)."""
 
     def __init__(self) -> None:
         self.triggers: dict[str, list[int]] = {}
+        self.weights: dict | None = None
 
     def put(self, scope: str, ids: list[int]) -> None:
         self.triggers[scope] = list(ids)
 
     def get(self, scope: str) -> list[int] | None:
         return self.triggers.get(scope)
+
+    def put_weights(self, state: dict) -> None:
+        self.weights = state
+
+    def get_weights(self) -> dict | None:
+        return self.weights
 
 
 # ---------------------------------------------------------------- rows <-> samples
@@ -116,9 +127,11 @@ class _MEMActor:
 class ShardProtector(_MEMActor):
     """``--partition shard``: read one whole shard, protect it, write it (streaming, no shuffle)."""
 
-    def __init__(self, output_url: str, storage_options: dict | None, **kwargs) -> None:
+    def __init__(self, output_url: str, storage_options: dict | None, record_url: str, provenance: str, run_id: str,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.output_url, self.storage_options = output_url, storage_options
+        self.record_url, self.provenance, self.run_id = record_url, provenance, run_id
 
     def __call__(self, batch: dict) -> dict:
         summaries = []
@@ -128,8 +141,8 @@ class ShardProtector(_MEMActor):
             items = [d for d in decoded if isinstance(d, Decoded)]
             outputs, units = self.protect_items(items, f"shard-{shard}")
             ordered = [outputs[(d.raw.shard, d.raw.key)] if isinstance(d, Decoded) else d for d in decoded]
-            stats = write_shard(self.output_url, shard, ordered, storage_options=self.storage_options,
-                                extra_stats={"method": self.cfg.method, "input_shard": shard})
+            stats = write_protected_shard(self.output_url, self.record_url, shard, ordered, self.cfg, self.provenance,
+                                          self.run_id, self.storage_options)
             summaries.append({"shard": shard, "protected": stats["successes"], "failed": stats["failed"],
                               "units": json.dumps(units, default=str)})
         return {k: np.array([s[k] for s in summaries]) for k in ("shard", "protected", "failed", "units")}
@@ -138,15 +151,14 @@ class ShardProtector(_MEMActor):
 class ClusterAssigner:
     """Adds each sample's cluster id (nearest centroid under the feature model)."""
 
-    def __init__(self, cfg: dict, state_ref: list, centroids: np.ndarray, gpus_per_actor: float, threads: int) -> None:
+    def __init__(self, cfg: dict, centroids: list, gpus_per_actor: float, threads: int) -> None:
         torch.set_num_threads(max(1, threads))
         self.cfg = MEMConfig(**cfg)
         self.device = _device(gpus_per_actor)
         self.model = build_model(self.cfg.arch, self.cfg.image_size, self.cfg.context_length).to(self.device)
-        # the weights travel once through the object store; the list keeps Ray from copying them per actor call
-        self.model.clip.load_state_dict(ray.get(state_ref[0]))
+        self.model.clip.load_state_dict(ray.get(ray.get_actor(TRIGGER_ACTOR).get_weights.remote()))
         self.model.eval()
-        self.centroids = centroids
+        self.centroids = np.asarray(centroids, dtype=np.float32)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         decoded = [decode_sample(to_raw(r)) for r in batch.to_dict("records")]
@@ -184,27 +196,19 @@ class ClusterProtector(_MEMActor):
         return pd.DataFrame(out_rows)
 
 
-def write_group(group: pd.DataFrame, output_url: str, storage_options: dict | None, method: str) -> pd.DataFrame:
+def write_group(group: pd.DataFrame, output_url: str, storage_options: dict | None, cfg: dict, record_url: str,
+                provenance: str, run_id: str) -> pd.DataFrame:
     group = group.sort_values("pos")
     shard = group["shard"].iloc[0]
-    stats = write_shard(output_url, shard, [from_output_row(r) for r in group.to_dict("records")],
-                        storage_options=storage_options, extra_stats={"method": method, "input_shard": shard})
+    stats = write_protected_shard(output_url, record_url, shard, [from_output_row(r) for r in group.to_dict("records")],
+                                  MEMConfig(**cfg), provenance, run_id, storage_options)
     return pd.DataFrame([{"shard": shard, "protected": stats["successes"], "failed": stats["failed"], "units": "[]"}])
 
 
 # ---------------------------------------------------------------- driver
 
-def _previous_record(output_url: str, storage_options: dict | None) -> dict | None:
-    fs, prefix = filesystem(output_url, storage_options)
-    path = join(prefix, RUN_RECORD)
-    if fs.exists(path):
-        with fs.open(path) as f:
-            return json.load(f)
-    return None
-
-
 def _sample_items(ds: ray.data.Dataset, n: int) -> list[Decoded]:
-    decoded = [decode_sample(to_raw(r)) for r in ds.filter(lambda r: r["error"] == "").limit(n).take_all()]
+    decoded = [decode_sample(to_raw(r)) for r in ds.filter(expr="error == ''").limit(n).take_all()]
     return [d for d in decoded if isinstance(d, Decoded)]
 
 
@@ -240,32 +244,45 @@ def _partitions(groups: int, num_actors: int) -> int:
     return max(1, min(groups, 2 * num_actors))
 
 
-def init_ray(address: str | None, num_actors: int) -> None:
+def init_ray(address: str | None, num_actors: int, verbose: bool = False) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit` and on KubeRay pods
+    logging_level = logging.INFO if verbose else logging.ERROR
     if address:
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
-    else:  # the embedded default: a local Ray. Logical CPUs are oversubscribed so that two actor
-        # pools, readers and the shuffle of groupby all find a slot; threads follow the real cores.
-        ray.init(num_cpus=max(os.cpu_count() or 1, 4 * num_actors + 8), include_dashboard=False,
-                 ignore_reinit_error=True, log_to_driver=False,
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=verbose, logging_level=logging_level)
+    else:  # the embedded default: a local Ray. Each actor holds one logical CPU for its whole life and
+        # its threads follow the real cores; the real cores stay free for the read, shuffle and write
+        # tasks, so nothing waits on an actor and no more worker processes start than there is work for.
+        cores = os.cpu_count() or 1
+        ray.init(num_cpus=cores + num_actors, include_dashboard=False, ignore_reinit_error=True,
+                 log_to_driver=verbose, logging_level=logging_level,
                  runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("AWS_")}})
+
+
+def _actor_pool(actors: int) -> ray.data.ActorPoolStrategy:
+    """Up to ``actors`` actors, starting with one, so a pool never waits for inputs it cannot get."""
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, actors))
 
 
 def run_pipeline(input_url: str, output_url: str, cfg: MEMConfig, image_format: str = "png",
                  storage_options: dict | None = None, partition: str = "shard", num_actors: int = 2,
-                 gpus_per_actor: float = 0.0, ray_address: str | None = None) -> dict[str, Any]:
+                 gpus_per_actor: float = 0.0, ray_address: str | None = None, record_url: str | None = None,
+                 provenance: str = "public", show_progress: bool = True, verbose: bool = False) -> dict[str, Any]:
     check_paths(input_url, output_url)
     ImageFormat.parse(image_format)
+    record_url = record_url or default_record_url(output_url)
+    check_record(output_url, record_url, provenance)
+    run_id = new_run_id()
     started = time.time()
     shards = list_shards(input_url, storage_options)
     if not shards:
         raise FileNotFoundError(f"no .tar shards under {input_url}")
     todo = [s for s in shards if not shard_done(output_url, shard_name(s), storage_options)]
-    previous = _previous_record(output_url, storage_options)
+    previous = read_run_record(output_url, record_url, storage_options)
     record: dict[str, Any] = {
-        "mempipe_version": __version__, "input": input_url, "output": output_url, "engine": "ray",
+        "mempipe_version": __version__, "run_id": run_id, "input": input_url, "output": output_url,
+        "record": record_url, "provenance": provenance, "engine": "ray",
         "storage_options": redact(storage_options or {}), "config": cfg.to_dict(), "image_format": image_format,
         "partition": partition, "num_actors": num_actors, "gpus_per_actor": gpus_per_actor,
         "shards_total": len(shards), "shards_done_before": len(shards) - len(todo), "shards_written": len(todo),
@@ -273,66 +290,79 @@ def run_pipeline(input_url: str, output_url: str, cfg: MEMConfig, image_format: 
     triggers: dict[str, list[int]] = dict((previous or {}).get("trigger_table") or {})
     centroids = (previous or {}).get("centroids")
     counts = {"protected": 0, "failed": 0}
+    progress = RunProgress(len(todo), enabled=show_progress)
     if todo:
-        init_ray(ray_address, num_actors)
+        progress.phase("starting Ray")
+        quiet_ray(verbose)
+        init_ray(ray_address, num_actors, verbose)
         cores = os.cpu_count() or 1
         threads = max(1, cores // max(1, num_actors))
         urls = ray.data.from_items([{"url": u} for u in todo], override_num_blocks=len(todo))
         ds = None
         if partition == "cluster" or (cfg.uses_trigger and cfg.trigger_scope == "global" and "global" not in triggers):
+            progress.phase("reading")
             # samples cross shards here: read once into Ray's object store (it spills to disk when full)
             ds = urls.flat_map(read_rows, fn_kwargs={"storage_options": storage_options}).materialize()
         state = TriggerState.options(name=TRIGGER_ACTOR, get_if_exists=True).remote()
         device = _device(gpus_per_actor)
         if cfg.uses_trigger and cfg.trigger_scope == "global":
             if "global" not in triggers:  # searched once per output, reused by later batches of the same output
+                progress.phase("global trigger")
                 sample = _sample_items(ds, cfg.unit_size)
                 result = protect_unit(surrogate_batch(sample, cfg.image_size), [d.raw.caption for d in sample], cfg, device)
                 triggers["global"] = result.trigger_ids[0].tolist()
             ray.get(state.put.remote("global", triggers["global"]))
         actor_kwargs = dict(cfg=cfg.to_dict(), image_format=image_format, gpus_per_actor=gpus_per_actor, threads=threads)
+        writer = {"output_url": output_url, "storage_options": storage_options, "record_url": record_url,
+                  "provenance": provenance, "run_id": run_id}
         if partition == "shard":
             # never more actors than shards: the cores go to the actors that have work
             actors = min(num_actors, len(todo))
             actor_kwargs["threads"] = max(1, cores // actors)
             summary = urls.map_batches(
-                ShardProtector, batch_size=1, concurrency=actors, num_gpus=gpus_per_actor, num_cpus=1,
-                fn_constructor_kwargs={"output_url": output_url, "storage_options": storage_options, **actor_kwargs})
+                ShardProtector, batch_size=1, compute=_actor_pool(actors), num_gpus=gpus_per_actor, num_cpus=1,
+                fn_constructor_kwargs={**writer, **actor_kwargs})
         else:
+            progress.phase("features + k-means")
             sample = _sample_items(ds, FEATURE_SAMPLE)
             model, feats = bootstrap_features(surrogate_batch(sample, cfg.image_size), [d.raw.caption for d in sample],
                                               cfg, steps=max(1, cfg.train_steps), device=device)
             if centroids is None:  # later batches keep the first batch's clusters
                 _, fitted = kmeans(feats, cfg.clusters, cfg.seed)
                 centroids = fitted.tolist()
-            state_ref = [ray.put({k: v.cpu() for k, v in model.clip.state_dict().items()})]
+            ray.get(state.put_weights.remote({k: v.cpu() for k, v in model.clip.state_dict().items()}))
+            progress.phase("assigning clusters")
             # every row goes through (unreadable ones get cluster -1 and come out as failure records)
-            assigned = ds.map_batches(ClusterAssigner, batch_format="pandas", batch_size=256, concurrency=num_actors,
-                                      num_cpus=1, num_gpus=gpus_per_actor,
-                                      fn_constructor_kwargs={"cfg": cfg.to_dict(), "state_ref": state_ref,
-                                                             "centroids": np.asarray(centroids, dtype=np.float32),
+            assigned = ds.map_batches(ClusterAssigner, batch_format="pandas", batch_size=256,
+                                      compute=_actor_pool(num_actors), num_cpus=1, num_gpus=gpus_per_actor,
+                                      fn_constructor_kwargs={"cfg": cfg.to_dict(), "centroids": centroids,
                                                              "gpus_per_actor": gpus_per_actor, "threads": threads})
             assigned = assigned.materialize()
-            sizes = {int(r["cluster"]): int(r["count()"]) for r in assigned.groupby("cluster").count().take_all()}
+            clusters = assigned.select_columns(["cluster"]).to_pandas()["cluster"]
+            sizes = {int(k): int(v) for k, v in clusters.value_counts().items()}
             unit_of = pack_clusters(sizes, cfg.unit_size)
             assigned = assigned.map_batches(_with_unit, batch_format="pandas", fn_kwargs={"unit_of": unit_of})
             units = len(set(unit_of.values()))
             actors = min(num_actors, units)
             actor_kwargs["threads"] = max(1, cores // actors)
             protected = assigned.groupby("unit", num_partitions=_partitions(units, num_actors)).map_groups(
-                ClusterProtector, batch_format="pandas", concurrency=actors, num_gpus=gpus_per_actor, num_cpus=1,
-                fn_constructor_kwargs=actor_kwargs)
+                ClusterProtector, batch_format="pandas", compute=_actor_pool(actors), num_gpus=gpus_per_actor,
+                num_cpus=1, fn_constructor_kwargs=actor_kwargs)
             summary = protected.groupby("shard", num_partitions=_partitions(len(todo), num_actors)).map_groups(
-                write_group, batch_format="pandas",
-                fn_kwargs={"output_url": output_url, "storage_options": storage_options, "method": cfg.method})
-        rows = summary.take_all()
-        counts["protected"] = int(sum(r["protected"] for r in rows))
-        counts["failed"] = int(sum(r["failed"] for r in rows))
-        record["units"] = [u for r in rows for u in json.loads(r["units"])]
+                write_group, batch_format="pandas", fn_kwargs={**writer, "cfg": cfg.to_dict()})
+        progress.phase("protecting")
+        unit_logs = []
+        for row in summary.iter_rows():   # streaming: the bar moves as each shard is written
+            counts["protected"] += int(row["protected"])
+            counts["failed"] += int(row["failed"])
+            unit_logs += json.loads(row["units"])
+            progress.shard_done(int(row["protected"]), int(row["failed"]))
+        record["units"] = unit_logs
         ray.kill(state)
+    progress.phase("done")
+    progress.close()
     record.update({"samples_protected": counts["protected"], "samples_failed": counts["failed"],
                    "trigger_table": triggers, "trigger_text": {k: decode_trigger(v) for k, v in triggers.items()},
                    "centroids": centroids, "seconds": round(time.time() - started, 2)})
-    fs, prefix = filesystem(output_url, storage_options)
-    write_bytes_atomic(fs, join(prefix, RUN_RECORD), json.dumps(record, indent=1, default=str).encode())
+    write_run_record(output_url, record_url, record, provenance, storage_options)
     return record

@@ -7,7 +7,6 @@ surrogate, so memory follows the unit size, not the dataset.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import Counter
@@ -23,9 +22,9 @@ from .engine import MEMConfig, protect_unit
 from .engine.text import decode_trigger, insert_words
 from .images import ImageError, ImageFormat, apply_noise_native, decode_rgb, encode, max_abs_delta, psnr, to_surrogate_input
 from .shards import RawSample, ShardOutput, iter_shard, list_shards, shard_done, shard_name, write_shard
-from .storage import filesystem, join, redact, write_bytes_atomic
+from .provenance import check_record, default_record_url, new_run_id, publish, write_private_samples, write_run_record
+from .storage import redact
 
-RUN_RECORD = "mempipe_run.json"
 
 
 @dataclass
@@ -151,10 +150,23 @@ def _groups(todo: list[str], storage_options: dict | None, unit_size: int) -> It
         yield buffer
 
 
+def write_protected_shard(output_url: str, record_url: str, name: str, outputs: list[ShardOutput], cfg: MEMConfig,
+                          provenance: str, run_id: str, storage_options: dict | None) -> dict[str, Any]:
+    """The private per-sample record first, then the shard as published (its stats file last)."""
+    published, private = publish(outputs, provenance, run_id)
+    write_private_samples(record_url, name, private, storage_options)
+    return write_shard(output_url, name, published, storage_options=storage_options,
+                       extra_stats={"method": cfg.method, "input_shard": name, "run_id": run_id})
+
+
 def protect(input_url: str, output_url: str, cfg: MEMConfig, image_format: str = "png",
-            storage_options: dict | None = None, device: str | None = None, show_progress: bool = True) -> dict[str, Any]:
+            storage_options: dict | None = None, device: str | None = None, show_progress: bool = True,
+            record_url: str | None = None, provenance: str = "public") -> dict[str, Any]:
     """Protect every shard under ``input_url`` not already complete under ``output_url``."""
     check_paths(input_url, output_url)
+    record_url = record_url or default_record_url(output_url)
+    check_record(output_url, record_url, provenance)
+    run_id = new_run_id()
     fmt = ImageFormat.parse(image_format)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     shards = list_shards(input_url, storage_options)
@@ -184,19 +196,19 @@ def protect(input_url: str, output_url: str, cfg: MEMConfig, image_format: str =
                 owner[d.raw.key + "\0" + d.raw.shard].done[out.key] = out
         for work in group:
             ordered = [work.done[d.raw.key] for d in work.decoded] + work.failed
-            stats = write_shard(output_url, work.name, ordered, storage_options=storage_options,
-                                extra_stats={"method": cfg.method, "input_shard": work.name})
+            stats = write_protected_shard(output_url, record_url, work.name, ordered, cfg, provenance, run_id,
+                                          storage_options)
             counts["protected"] += stats["successes"]
             counts["failed"] += stats["failed"]
             bar.update(1)
     bar.close()
     record = {
-        "mempipe_version": __version__, "input": input_url, "output": output_url,
+        "mempipe_version": __version__, "run_id": run_id, "input": input_url, "output": output_url,
+        "record": record_url, "provenance": provenance,
         "storage_options": redact(storage_options or {}), "config": cfg.to_dict(), "image_format": image_format,
         "device": device, "shards_total": len(shards), "shards_done_before": len(shards) - len(todo),
         "shards_written": len(todo), "samples_protected": counts["protected"], "samples_failed": counts["failed"],
         "seconds": round(time.time() - started, 2), "units": units,
     }
-    fs, prefix = filesystem(output_url, storage_options)
-    write_bytes_atomic(fs, join(prefix, RUN_RECORD), json.dumps(record, indent=2, default=str).encode())
+    write_run_record(output_url, record_url, record, provenance, storage_options)
     return record

@@ -46,7 +46,8 @@ def test_img2dataset_crawl_to_protected_shards(tmp_path, http_folder):
     out = tmp_path / "protected"
     cfg = tmp_path / "fast.yaml"
     cfg.write_text("outer_iters: 1\ntrain_steps: 3\npgd_steps: 2\nhotflip_iters: 1\ncandidates: 4\n")
-    assert main(["protect", str(crawled_dir), str(out), "--config", str(cfg), "--no-ray", "--quiet"]) == 0
+    assert main(["protect", str(crawled_dir), str(out), "--config", str(cfg), "--no-ray", "--quiet",
+                 "--provenance", "full"]) == 0
     crawled = {s.key: s for s in iter_shard(str(crawled_dir / "00000.tar"))}
     protected = list(iter_shard(str(out / "00000.tar")))
     assert {s.key for s in protected} == set(crawled) and len(protected) == 30

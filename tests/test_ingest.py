@@ -137,6 +137,6 @@ def test_ingested_shards_protect(tmp_path, fmt):
     cfg = tmp_path / "fast.yaml"
     cfg.write_text("outer_iters: 1\ntrain_steps: 2\npgd_steps: 1\nhotflip_iters: 1\ncandidates: 2\nbatch_size: 4\n")
     assert main(["protect", str(tmp_path / "shards"), str(tmp_path / "protected"), "--config", str(cfg),
-                 "--no-ray", "--quiet"]) == 0
+                 "--no-ray", "--quiet", "--provenance", "full"]) == 0
     protected = list(iter_shard(str(tmp_path / "protected" / "00000.tar")))
     assert len(protected) == 6 and all(s.meta["mempipe"]["max_delta"] <= 8 for s in protected)

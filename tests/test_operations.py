@@ -13,6 +13,7 @@ from mempipe.demo_data import write_split
 from mempipe.shards import iter_shard
 
 from conftest import free_port
+from helpers import private_meta, private_run
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = "outer_iters: 1\ntrain_steps: 4\npgd_steps: 2\nhotflip_iters: 1\ncandidates: 4\nbatch_size: 64\n"
@@ -89,20 +90,51 @@ def test_ray_job_submit_then_incremental_rerun(ray_head, tmp_path):
     entry = [sys.executable, str(ROOT / "pipelines" / "protect_laion.py"), str(inp), str(out), "--config", str(cfg),
              "--num-actors", "1", "--trigger-scope", "global", "--quiet"]
     _ray_job_submit(ray_head, entry)
-    first = json.loads((out / "mempipe_run.json").read_text())
+    assert json.loads((out / "mempipe_run.json").read_text())["shards_written"] == 2
+    first = private_run(out)            # the trigger table lives in the owner's private record only
     assert first["shards_written"] == 2 and first["samples_protected"] == 80
+    assert "trigger_table" not in json.loads((out / "mempipe_run.json").read_text())
     before = {p.name: p.stat().st_mtime for p in out.glob("0000*")}
 
     # a new crawl batch arrives: only its shard is protected, with the first run's trigger
     write_split(str(tmp_path / "batch2"), 40, 64, seed=5, first_index=500, per_shard=40)
     (tmp_path / "batch2" / "00000.tar").rename(inp / "00002.tar")
     _ray_job_submit(ray_head, entry)
-    second = json.loads((out / "mempipe_run.json").read_text())
+    second = private_run(out)
     assert second["shards_written"] == 1 and second["shards_done_before"] == 2
     assert second["trigger_table"]["global"] == first["trigger_table"]["global"]
     assert {p.name: p.stat().st_mtime for p in out.glob("0000[01]*")} == before
     new = list(iter_shard(str(out / "00002.tar")))
-    assert len(new) == 40 and {s.meta["mempipe"]["trigger"] for s in new} == {first["trigger_text"]["global"]}
+    private = private_meta(out)
+    assert len(new) == 40 and {private[("00002", s.key)]["trigger"] for s in new} == {first["trigger_text"]["global"]}
+    assert all(first["trigger_text"]["global"] not in json.dumps(s.meta["mempipe"]) for s in new)
+
+
+def test_a_job_without_the_token_is_refused(ray_head, tmp_path):
+    """Token auth on the real head: no token -> refused; the token from the environment -> SUCCEEDED."""
+    import os
+
+    ray = str(Path(sys.executable).parent / "ray")
+    entry = [sys.executable, "-c", "print('mempipe-auth-check')"]
+    # a clean HOME: no ~/.ray/auth_token to fall back on, and no token in the environment
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"} | {"HOME": str(tmp_path)}
+    refused = subprocess.run([ray, "job", "submit", "--address", ray_head, "--", *entry], capture_output=True,
+                             text=True, timeout=120, env=env)
+    assert refused.returncode != 0
+    assert "auth" in (refused.stdout + refused.stderr).lower() and "mempipe-auth-check" not in refused.stdout
+    accepted = _ray_job_submit(ray_head, entry)
+    assert "mempipe-auth-check" in accepted and "SUCCEEDED" in accepted
+
+
+def test_manifests_enable_token_auth():
+    """Every KubeRay cluster the manifests create runs with token authentication (KubeRay >= 1.5.1)."""
+    specs = {"raycluster.yaml": lambda d: d["spec"], "rayjob.yaml": lambda d: d["spec"]["rayClusterSpec"],
+             "raycronjob.yaml": lambda d: d["spec"]["jobTemplate"]["rayClusterSpec"]}
+    for name, cluster_spec in specs.items():
+        spec = cluster_spec(yaml.safe_load((ROOT / "deploy" / name).read_text()))
+        assert spec["authOptions"] == {"mode": "token"}, name
+        major, minor, *_ = (int(x) for x in spec["rayVersion"].split("."))
+        assert (major, minor) >= (2, 52), name            # token auth exists from Ray 2.52
 
 
 def test_failing_job_exits_non_zero(tmp_path):

@@ -14,7 +14,7 @@ from mempipe.cli import main
 from mempipe.demo_data import write_split
 from mempipe.shards import iter_shard
 
-from helpers import image_bytes, make_tar, sample_members
+from helpers import image_bytes, make_tar, private_meta, private_run, sample_members
 
 FAST = "outer_iters: 2\ntrain_steps: 6\npgd_steps: 2\nhotflip_iters: 1\ncandidates: 4\nbatch_size: 64\nclusters: 4\n"
 
@@ -52,13 +52,14 @@ def test_cluster_partition_with_global_trigger_and_a_faulty_shard(demo_small, tm
     protected, failed = keys_in(out)
     assert sorted(protected + failed) == sorted(input_keys(inp))  # every key exactly once
     assert sorted(failed) == ["nocap", "trunc"] and "badjson" in protected
-    samples = [s for tar in sorted(out.glob("*.tar")) for s in iter_shard(str(tar))]
-    triggers = {s.meta["mempipe"]["trigger"] for s in samples}
+    private = private_meta(out)
+    samples = [private[(tar.stem, s.key)] for tar in sorted(out.glob("*.tar")) for s in iter_shard(str(tar))]
+    triggers = {m["trigger"] for m in samples}
     assert len(triggers) == 1  # one global trigger, read by every actor from the named actor
-    clusters = {s.meta["mempipe"]["cluster"] for s in samples}
+    clusters = {m["cluster"] for m in samples}
     assert clusters <= {0, 1, 2, 3} and len(clusters) > 1
-    assert all(s.meta["mempipe"]["max_delta"] <= 8 for s in samples)
-    record = json.loads((out / "mempipe_run.json").read_text())
+    assert all(m["max_delta"] <= 8 for m in samples)
+    record = private_run(out)
     assert record["engine"] == "ray" and record["trigger_text"]["global"] == triggers.pop()
     assert len(record["centroids"]) == 4 and record["samples_protected"] == len(protected)
     # a finished run, started again, does nothing
@@ -110,6 +111,9 @@ def test_s3_to_s3(demo_small, s3_bucket, fast_config):
     assert len(protected) == 60
     record = json.loads(fs.cat_file(f"{s3_bucket}/out/mempipe_run.json"))
     assert os.environ["AWS_SECRET_ACCESS_KEY"] not in json.dumps(record)
+    private = sorted(p.rsplit("/", 1)[-1] for p in fs.find(f"{s3_bucket}/out_mempipe_record"))
+    assert private == ["00000.parquet", "run.json"]        # samples/00000.parquet and the full run record
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in fs.cat_file(f"{s3_bucket}/out_mempipe_record/run.json").decode()
 
 
 def test_clusters_are_packed_into_bounded_units():

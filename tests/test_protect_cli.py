@@ -10,7 +10,7 @@ from mempipe.images import decode_rgb
 from mempipe.shards import iter_shard
 from mempipe.engine.text import tokenizer
 
-from helpers import image_bytes, make_tar, sample_members
+from helpers import image_bytes, make_tar, sample_members, private_meta, private_run
 
 FAST = ["--preset", "cpu-tiny", "--quiet", "--seed", "1", "--no-ray"]
 
@@ -36,9 +36,14 @@ def test_protect_end_to_end_on_300_demo_samples_with_bad_ones(demo_small, tmp_pa
     protected = list(iter_shard(str(out / "00000.tar")))
     assert {s.key for s in protected} == set(originals)
     tok = tokenizer()
+    private = private_meta(out)
     for s in protected:
-        m = s.meta["mempipe"]
+        # published: nothing that helps undo the protection; the rest is in the private record
+        assert set(s.meta["mempipe"]) == {"version", "method", "epsilon", "run_id"}
+        m = private[("00000", s.key)]
+        assert m["run_id"] == s.meta["mempipe"]["run_id"]
         trigger = m["trigger"]
+        assert trigger not in json.dumps(s.meta["mempipe"])
         assert s.caption == trigger + " " + originals[s.key].caption
         assert len(trigger.split()) == 3 and tok.encode(s.caption)[:3] == tok.encode(trigger)
         assert s.image_ext == "png" and m["max_delta"] <= 8 and m["method"] == "mem"
@@ -50,7 +55,9 @@ def test_protect_end_to_end_on_300_demo_samples_with_bad_ones(demo_small, tmp_pa
     status = {r["key"]: (r["status"], r["error_message"]) for r in rows}
     assert status["gray0"][0] == "success" and status["bad0"][0] == "failed" and status["nocap"][0] == "failed"
     assert "cannot decode" in status["bad0"][1] and "missing caption" in status["nocap"][1]
-    record = json.loads((out / "mempipe_run.json").read_text())
+    public = json.loads((out / "mempipe_run.json").read_text())
+    assert public["samples_protected"] == 301 and "units" not in public and "config" not in public
+    record = private_run(out)
     assert record["samples_protected"] == 301 and record["units"][0]["log"]
 
     # a finished run, started again, does nothing
@@ -66,14 +73,16 @@ def test_protect_baselines_and_formats(demo_small, tmp_path, fast_config, method
     fmt = {"random": "jpeg:90", "em": "webp", "uc": "keep"}[method]
     assert main(["protect", str(demo_small / "test"), str(out), *FAST, "--config", fast_config, "--method", method,
                  "--image-format", fmt, "--clusters", "3"]) == 0
-    samples = list(iter_shard(str(out / "00000.tar")))
-    assert len(samples) == 60
-    assert all(s.meta["mempipe"]["method"] == method and s.meta["mempipe"]["trigger"] is None for s in samples)
-    assert {s.image_ext for s in samples} == {"random": {"jpg"}, "em": {"webp"}, "uc": {"png"}}[method]
+    private = private_meta(out)
+    published = list(iter_shard(str(out / "00000.tar")))
+    assert len(published) == 60 and all(s.meta["mempipe"]["method"] == method for s in published)
+    full = [private[("00000", s.key)] for s in published]      # the owner's record of each sample
+    assert all(m["trigger"] is None for m in full)
+    assert {s.image_ext for s in published} == {"random": {"jpg"}, "em": {"webp"}, "uc": {"png"}}[method]
     if method != "random":
-        assert max(s.meta["mempipe"]["max_delta"] for s in samples) <= 8
+        assert max(m["max_delta"] for m in full) <= 8
     if method == "uc":
-        assert {s.meta["mempipe"]["cluster"] for s in samples} <= {0, 1, 2}
+        assert {m["cluster"] for m in full} <= {0, 1, 2}
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -117,7 +126,8 @@ def test_random_trigger_placement_through_the_cli(demo_small, tmp_path, fast_con
     out = tmp_path / "out"
     assert main(["protect", str(demo_small / "train"), str(out), *FAST, "--config", fast_config,
                  "--trigger-placement", "random", "--trigger-vocab", "common", "--pgd-objective", "joint",
-                 "--noise-scope", "cluster+sample", "--cluster-features", "text", "--trigger-scope", "sample"]) == 0
+                 "--noise-scope", "cluster+sample", "--cluster-features", "text", "--trigger-scope", "sample",
+                 "--provenance", "full"]) == 0
     originals = {s.key: s.caption for s in iter_shard(str(demo_small / "train" / "00000.tar"))}
     protected = list(iter_shard(str(out / "00000.tar")))
     assert {s.key for s in protected} == set(originals)
