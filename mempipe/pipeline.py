@@ -208,7 +208,9 @@ def write_group(group: pd.DataFrame, output_url: str, storage_options: dict | No
 # ---------------------------------------------------------------- driver
 
 def _sample_items(ds: ray.data.Dataset, n: int) -> list[Decoded]:
-    decoded = [decode_sample(to_raw(r)) for r in ds.filter(expr="error == ''").limit(n).take_all()]
+    from ray.data.expressions import col
+
+    decoded = [decode_sample(to_raw(r)) for r in ds.filter(expr=col("error") == "").limit(n).take_all()]
     return [d for d in decoded if isinstance(d, Decoded)]
 
 
@@ -251,11 +253,11 @@ def init_ray(address: str | None, num_actors: int, verbose: bool = False) -> Non
     logging_level = logging.INFO if verbose else logging.ERROR
     if address:
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=verbose, logging_level=logging_level)
-    else:  # the embedded default: a local Ray. Each actor holds one logical CPU for its whole life and
-        # its threads follow the real cores; the real cores stay free for the read, shuffle and write
-        # tasks, so nothing waits on an actor and no more worker processes start than there is work for.
+    else:  # the embedded default: a local Ray. Logical CPUs are oversubscribed so that the actor pools,
+        # the hash-shuffle aggregators of the groupbys and the write tasks all find a slot at once
+        # (with logical = physical cores they wait on each other); threads follow the real cores.
         cores = os.cpu_count() or 1
-        ray.init(num_cpus=cores + num_actors, include_dashboard=False, ignore_reinit_error=True,
+        ray.init(num_cpus=max(cores, 4 * num_actors + 8), include_dashboard=False, ignore_reinit_error=True,
                  log_to_driver=verbose, logging_level=logging_level,
                  runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("AWS_")}})
 
@@ -263,6 +265,12 @@ def init_ray(address: str | None, num_actors: int, verbose: bool = False) -> Non
 def _actor_pool(actors: int) -> ray.data.ActorPoolStrategy:
     """Up to ``actors`` actors, starting with one, so a pool never waits for inputs it cannot get."""
     return ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, actors))
+
+
+# Ray Data keeps actor constructor arguments in the object store; with restarts on, a lost
+# argument would make a restarted actor fail later. A failed actor fails the run instead, and
+# a rerun resumes from the shards already written.
+NO_RESTARTS = {"max_restarts": 0}
 
 
 def run_pipeline(input_url: str, output_url: str, cfg: MEMConfig, image_format: str = "png",
@@ -320,7 +328,7 @@ def run_pipeline(input_url: str, output_url: str, cfg: MEMConfig, image_format: 
             actors = min(num_actors, len(todo))
             actor_kwargs["threads"] = max(1, cores // actors)
             summary = urls.map_batches(
-                ShardProtector, batch_size=1, compute=_actor_pool(actors), num_gpus=gpus_per_actor, num_cpus=1,
+                ShardProtector, batch_size=1, compute=_actor_pool(actors), num_gpus=gpus_per_actor, num_cpus=1, **NO_RESTARTS,
                 fn_constructor_kwargs={**writer, **actor_kwargs})
         else:
             progress.phase("features + k-means")
@@ -334,7 +342,7 @@ def run_pipeline(input_url: str, output_url: str, cfg: MEMConfig, image_format: 
             progress.phase("assigning clusters")
             # every row goes through (unreadable ones get cluster -1 and come out as failure records)
             assigned = ds.map_batches(ClusterAssigner, batch_format="pandas", batch_size=256,
-                                      compute=_actor_pool(num_actors), num_cpus=1, num_gpus=gpus_per_actor,
+                                      compute=_actor_pool(num_actors), num_cpus=1, num_gpus=gpus_per_actor, **NO_RESTARTS,
                                       fn_constructor_kwargs={"cfg": cfg.to_dict(), "centroids": centroids,
                                                              "gpus_per_actor": gpus_per_actor, "threads": threads})
             assigned = assigned.materialize()
@@ -347,7 +355,7 @@ def run_pipeline(input_url: str, output_url: str, cfg: MEMConfig, image_format: 
             actor_kwargs["threads"] = max(1, cores // actors)
             protected = assigned.groupby("unit", num_partitions=_partitions(units, num_actors)).map_groups(
                 ClusterProtector, batch_format="pandas", compute=_actor_pool(actors), num_gpus=gpus_per_actor,
-                num_cpus=1, fn_constructor_kwargs=actor_kwargs)
+                num_cpus=1, fn_constructor_kwargs=actor_kwargs, **NO_RESTARTS)
             summary = protected.groupby("shard", num_partitions=_partitions(len(todo), num_actors)).map_groups(
                 write_group, batch_format="pandas", fn_kwargs={**writer, "cfg": cfg.to_dict()})
         progress.phase("protecting")
