@@ -8,6 +8,8 @@ bench/results/effectiveness.json; bench/make_tables.py turns it into the README 
     python bench/effectiveness.py                      # everything, on CPU (slow)
     python bench/effectiveness.py --device cuda        # the whole table on a GPU
     python bench/effectiveness.py --rows clean,mem3,random-words --victims tiny-resnet
+    python bench/effectiveness.py --style photo --device cuda   # the photo-like regime: 8,000 pairs at the
+                                                               # calibrated difficulty -> effectiveness_photo.json
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mempipe.datasets import prefix_random_words  # noqa: E402
-from mempipe.demo_data import write_demo_data  # noqa: E402
+from mempipe.demo_data import PHOTO_DIFFICULTY, write_demo_data  # noqa: E402
 from mempipe.engine import preset  # noqa: E402
 from mempipe.evaluate import evaluate, plot_curves  # noqa: E402
 from mempipe.inspect_output import summarize  # noqa: E402
@@ -122,22 +124,30 @@ def main() -> int:
     parser.add_argument("--rows", default=",".join(DEFAULT_ORDER))
     parser.add_argument("--victims", default="tiny-resnet,small-vit")
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--train", type=int, default=2000)
+    parser.add_argument("--style", choices=("scenes", "photo"), default="scenes")
+    parser.add_argument("--difficulty", type=float, default=PHOTO_DIFFICULTY,
+                        help="photo style: the level frozen by bench/calibrate.py (never tuned on protection rows)")
+    parser.add_argument("--train", type=int, default=None, help="default: 2,000 (scenes), 8,000 (photo)")
     parser.add_argument("--test", type=int, default=500)
     parser.add_argument("--preset", default="cpu-tiny")
     parser.add_argument("--overrides", default="{}", help="JSON engine overrides applied to every variant")
-    parser.add_argument("--work", default=str(ROOT / "bench" / "work"))
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "effectiveness.json"))
+    parser.add_argument("--work", default=None, help="default: bench/work (scenes), bench/work/photo (photo)")
+    parser.add_argument("--out", default=None, help="default: bench/results/effectiveness[_photo].json")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default="", help="suffix for row names (e.g. @full for a stronger protocol)")
     args = parser.parse_args()
+    photo = args.style == "photo"
+    args.train = args.train or (8000 if photo else 2000)
+    args.work = args.work or str(ROOT / "bench" / "work" / (f"photo_d{args.difficulty}" if photo else ""))
+    args.out = args.out or str(ROOT / "bench" / "results" / ("effectiveness_photo.json" if photo else "effectiveness.json"))
 
     results_dir = Path(args.out).parent
     results_dir.mkdir(parents=True, exist_ok=True)
     work = Path(args.work)
     data = work / "data"
     if not (data / "test").exists():
-        write_demo_data(str(data), args.train, args.test, size=64, seed=args.seed)
+        write_demo_data(str(data), args.train, args.test, size=64, seed=args.seed, style=args.style,
+                        difficulty=args.difficulty)
     clean = str(data / "train")
     base = preset(args.preset).with_overrides(**json.loads(args.overrides))
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -153,7 +163,7 @@ def main() -> int:
             out = work / ("protected" + args.tag.replace("@", "_")) / name
             record = protect(clean, str(out), base.with_overrides(**overrides), "png", device=args.device,
                              show_progress=False)
-            info = summarize(str(out), clean, grid_path=str(results_dir / f"grid_{name}.png") if name == "mem3" and not args.tag else None)
+            info = summarize(str(out), clean, grid_path=str(results_dir / f"grid_{name}{'_photo' if photo else ''}.png") if name == "mem3" and not args.tag else None)
             if record["shards_written"] == 0:  # already protected by an earlier run: keep that run's record
                 sets[name] = str(out)
                 continue
@@ -173,6 +183,7 @@ def main() -> int:
     results = {"meta": {"device": args.device, "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
                         "host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
                         "train": args.train, "test": args.test, "epochs": args.epochs, "preset": args.preset,
+                        "style": args.style, "difficulty": args.difficulty if photo else None,
                         "engine": base.to_dict(), "date": time.strftime("%Y-%m-%d %H:%M:%S")},
                "protection": protection, "rows": []}
     if os.path.exists(args.out):  # keep rows of earlier partial runs that this run does not redo
@@ -187,7 +198,7 @@ def main() -> int:
             result = evaluate(sets[set_name], str(data / "test"), VictimConfig(arch=victim, epochs=args.epochs, seed=args.seed),
                               defense, args.device, show_progress=False)
             if row in ("clean", "mem3") and victim == "tiny-resnet" and not args.tag:
-                plot_curves(result, str(results_dir / f"curve_{row}_{victim}.png"))
+                plot_curves(result, str(results_dir / f"curve_{row}_{victim}{'_photo' if photo else ''}.png"))
             entry = {"source": f"{args.device}: {results['meta'].get('gpu') or platform.node()}, {time.strftime('%Y-%m-%d')}",
                      "row": row + args.tag, "victim": victim, "training_set": set_name, "defense": defense, "what": what,
                      "final": result["final"], "loss_curve": result["loss_curve"],

@@ -42,10 +42,37 @@ def effectiveness_table() -> str:
     return "\n".join(lines)
 
 
-def shortcut_race_table() -> str:
-    path = RESULTS / "shortcut_race.json"
+def calibration_table() -> str:
+    path = RESULTS / "calibration.json"
     if not path.exists():
-        return "(not measured yet: `python bench/shortcut_race.py`)"
+        return "(not measured yet: `python bench/calibrate.py`)"
+    data = json.loads(path.read_text())
+    m, crit = data["meta"], data["meta"]["criteria"]
+    lines = [f"{m['victim']} victim, {m['train']} training / {m['test']} test pairs, {m['epochs']} epochs, {m['device']} "
+             f"({m['host']}); R@10 on the clean test split, image→text / text→image; chance "
+             f"{next(iter(data['levels'].values()))['chance_R@10']}. Valid: clean final R@10 in {crit['clean_range']} and "
+             f"still rising after epoch {crit['rising_after_epoch']}, and the random-words control keeping ≥ "
+             f"{int(crit['control_share'] * 100)} % of clean's margin above chance.", "",
+             "| difficulty | clean R@10 (epoch 10) | clean R@10 (final) | random-words R@10 (final) | control's share of clean's margin | valid |",
+             "|---|---|---|---|---|---|"]
+    for level in sorted(data["levels"], key=float):
+        v = data["levels"][level].get("verdict")
+        if not v:
+            continue
+        lines.append(f"| {level} | {v['clean_at_epoch_10'][0]:.1f} / {v['clean_at_epoch_10'][1]:.1f} | "
+                     f"{v['clean_final'][0]:.1f} / {v['clean_final'][1]:.1f} | {v['control_final'][0]:.1f} / "
+                     f"{v['control_final'][1]:.1f} | {v['control_share_of_margin'][0]:.2f} / "
+                     f"{v['control_share_of_margin'][1]:.2f} | {'yes' if v['valid'] else 'no'} |")
+    pick = data.get("pick", {})
+    lines += ["", f"Picked: difficulty **{pick.get('difficulty')}** ({pick.get('rule')}); curves: "
+                  "`bench/results/calibration.png`."]
+    return "\n".join(lines)
+
+
+def shortcut_race_table(name: str = "shortcut_race") -> str:
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return f"(not measured yet: `python bench/shortcut_race.py`{' --style photo' if 'photo' in name else ''})"
     data = json.loads(path.read_text())
     m = data["meta"]
     lines = [f"{m['victim']} victim, {m['epochs']} epochs, {m['train']} training pairs, {m['device']} ({m['host']}); "
@@ -144,6 +171,8 @@ def main() -> int:
     text = readme.read_text()
     text = replace_block(text, "effectiveness", effectiveness_table())
     text = replace_block(text, "shortcut-race", shortcut_race_table())
+    text = replace_block(text, "calibration", calibration_table())
+    text = replace_block(text, "shortcut-race-photo", shortcut_race_table("shortcut_race_photo"))
     text = replace_block(text, "performance", performance_table())
     readme.write_text(text)
     return 0

@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device", default=None)
+    ev.add_argument("--verbose", action="store_true", help="one line per epoch under the victim's progress bar")
 
     ing = sub.add_parser("ingest", help="Flickr8K/30K, MSCOCO or a CSV of images and captions into shards")
     ing.add_argument("src", help="the dataset folder (flickr8k, flickr30k, coco) or the CSV file (csv)")
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             from .demo_data import DEFAULT_DIFFICULTY, write_demo_data
 
             if args.difficulty is not None and args.style != "photo":
-                parser.error("--difficulty applies to --style photo only")
+                raise ValueError("--difficulty applies to --style photo only")
             difficulty = DEFAULT_DIFFICULTY if args.difficulty is None else args.difficulty
             print(json.dumps(write_demo_data(args.out, args.train, args.test, args.size, args.seed,
                                              parse_storage_options(args.storage_options), style=args.style,

@@ -161,7 +161,7 @@ STYLES = ("scenes", "photo")
 # The photo style's difficulty, frozen by bench/calibrate.py on clean and random-words curves
 # alone (bench/results/calibration.json) before any protected set was trained on. Never tuned
 # after seeing protection results; tests/test_demo_data.py checks it against that file.
-PHOTO_DIFFICULTY = 0.5
+PHOTO_DIFFICULTY = 0.3
 DEFAULT_DIFFICULTY = PHOTO_DIFFICULTY
 
 

@@ -13,7 +13,7 @@ PREFIX_WORDS = 3
 
 
 def evaluate(train_url: str, test_url: str, cfg: VictimConfig, defense: str = "none", device: str = "cpu",
-             show_progress: bool = True, storage_options: dict | None = None) -> dict:
+             show_progress: bool = True, storage_options: dict | None = None, per_epoch_lines: bool = False) -> dict:
     if defense == "crop":
         cfg = VictimConfig(**{**cfg.__dict__, "random_crop": True})
         data_defense = "none"
@@ -28,6 +28,10 @@ def evaluate(train_url: str, test_url: str, cfg: VictimConfig, defense: str = "n
     def on_epoch(entry: dict) -> None:
         bar.update(1)
         bar.set_postfix(loss=entry["train_loss"], i2t10=entry["clean"]["i2t_R@10"], t2i10=entry["clean"]["t2i_R@10"])
+        if per_epoch_lines:
+            bar.write(f"epoch {entry['epoch']:3d}  loss {entry['train_loss']:.4f}  clean R@10 "
+                      f"{entry['clean']['i2t_R@10']:.1f}/{entry['clean']['t2i_R@10']:.1f}  prefixed R@10 "
+                      f"{entry['prefixed']['i2t_R@10']:.1f}/{entry['prefixed']['t2i_R@10']:.1f}")
 
     run = train_victim(train_images, train_captions, cfg, tests, device=device, progress=on_epoch)
     bar.close()
@@ -63,7 +67,7 @@ def main_eval(args) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cfg = VictimConfig(arch=args.victim, epochs=args.epochs, seed=args.seed)
-    result = evaluate(args.train, args.test, cfg, args.defense, device)
+    result = evaluate(args.train, args.test, cfg, args.defense, device, per_epoch_lines=args.verbose)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(result, f, indent=2)

@@ -89,5 +89,6 @@ def save_grid(pairs: list[tuple[np.ndarray, np.ndarray]], path: str, amplify: in
 def main_inspect(args) -> int:
     summary = summarize(args.output, args.original, parse_storage_options(args.storage_options), args.grid,
                         record_url=args.record)
-    print(json.dumps(summary, indent=2))
+    # one line per field: the engine config is one line of its own, not thirty
+    print("{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in summary.items()) + "\n}")
     return 0

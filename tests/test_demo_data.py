@@ -41,3 +41,26 @@ def test_demo_splits_are_sharded_about_500(tmp_path):
     main(["demo-data", str(tmp_path), "--train", "1100", "--test", "10"])
     assert sorted(p.name for p in (tmp_path / "train").glob("*.tar")) == ["00000.tar", "00001.tar", "00002.tar"]
     assert list(iter_shard(str(tmp_path / "train/00001.tar")))[0].key == "000010000"
+
+
+def test_photo_style_through_the_cli_is_deterministic(tmp_path):
+    args = ["--train", "40", "--test", "10", "--seed", "2", "--style", "photo", "--difficulty", "0.3"]
+    assert main(["demo-data", str(tmp_path / "a"), *args]) == 0
+    assert main(["demo-data", str(tmp_path / "b"), *args]) == 0
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    samples = list(iter_shard(str(tmp_path / "a/train/00000.tar")))
+    assert len(samples) == 40 and all(s.meta["scene"]["style"] == "photo" for s in samples)
+    stats = json.loads((tmp_path / "a/train/00000_stats.json").read_text())
+    assert stats["style"] == "photo" and stats["difficulty"] == 0.3
+    assert main(["demo-data", str(tmp_path / "c"), "--train", "4", "--test", "1", "--difficulty", "0.3"]) == 2
+
+
+def test_the_photo_difficulty_is_the_one_calibration_picked():
+    """Frozen before any protected set was trained on: the constant and the calibration record agree."""
+    from pathlib import Path
+
+    from mempipe.demo_data import PHOTO_DIFFICULTY
+
+    record = json.loads((Path(__file__).resolve().parent.parent / "bench/results/calibration.json").read_text())
+    assert record["pick"]["difficulty"] == PHOTO_DIFFICULTY
+    assert str(PHOTO_DIFFICULTY) in record["levels"] and "verdict" in record["levels"][str(PHOTO_DIFFICULTY)]
