@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU session (device tool), about 9 minutes on an H100:
+# One prepared GPU session (device tool), about 13 minutes on an H100:
 #   1. bench/gpu_check.py: the paper preset (RN50, 224 px, bf16) over a 2,048-sample unit, as it is,
 #      compiled, and with larger PGD/HotFlip batches; peak memory; bf16 vs fp32 losses;
 #   2. the protection effect of the fast path: MEM-3 protected in bf16 vs fp32 (cpu-tiny protocol,
@@ -17,3 +17,9 @@ timeout ${CHECK_TIMEOUT:-330} python3 bench/gpu_check.py --out "$OUT/gpu_check.j
 timeout ${EFF_TIMEOUT:-180} python3 bench/effectiveness.py --device cuda --rows mem3,mem3-bf16 --victims tiny-resnet \
   --work /tmp/work_a --out "$OUT/effectiveness_gpu_bf16.json" > "$OUT/log_bf16.txt" 2>&1
 grep -v Warn "$OUT/log_bf16.txt" | tail -12
+# 3. the photo-like regime (issue 13), most telling rows first, as far as the time allows: the
+#    method table at the calibrated difficulty (bench/results/effectiveness_photo.json).
+timeout ${PHOTO_TIMEOUT:-240} python3 bench/effectiveness.py --style photo --device cuda \
+  --rows clean,random-words,mem3,mem3+strip,trigger-only,noise-only,uc,em,random,mem5,mem3-cluster,mem3-global \
+  --victims tiny-resnet,small-vit --work /tmp/work_photo --out "$OUT/effectiveness_photo.json" > "$OUT/log_photo.txt" 2>&1
+grep -v Warn "$OUT/log_photo.txt" | tail -14
