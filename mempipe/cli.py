@@ -41,6 +41,10 @@ def add_protect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16"), help="bf16: autocast on a GPU, fp32 master weights")
     p.add_argument("--pgd-batch-size", type=int, help="PGD batch (default: the surrogate batch, as the paper)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the surrogate's towers")
+    p.add_argument("--surrogate", choices=("per-unit", "shared"),
+                   help="per-unit: each work unit trains its own surrogate from scratch; shared: one surrogate per "
+                        "run (min-min on a sample, saved in the private record, reused by later runs)")
+    p.add_argument("--unit-train-steps", type=int, help="shared surrogate: fine-tune steps per round in each unit")
     p.add_argument("--image-format", default="png", help="keep | png | webp (lossless) | jpeg:Q")
     p.add_argument("--unit-size", type=int)
     p.add_argument("--seed", type=int)
@@ -126,7 +130,8 @@ def engine_config(args: argparse.Namespace):
                               cluster_features=args.cluster_features, unit_size=args.unit_size, seed=args.seed,
                               cluster_share=args.cluster_share, trigger_placement=args.trigger_placement,
                               trigger_vocab=args.trigger_vocab, pgd_objective=args.pgd_objective,
-                              precision=args.precision, pgd_batch_size=args.pgd_batch_size, compile=args.compile)
+                              precision=args.precision, pgd_batch_size=args.pgd_batch_size, compile=args.compile,
+                              surrogate=args.surrogate, unit_train_steps=args.unit_train_steps)
 
 
 def _protect(args: argparse.Namespace) -> int:

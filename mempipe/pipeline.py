@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,8 @@ from .engine.surrogate import build_model
 from .engine.text import decode_trigger
 from .images import ImageFormat
 from .progress import RunProgress, quiet_ray
-from .protect import Decoded, check_paths, decode_sample, run_unit, split_units, surrogate_batch, write_protected_shard
+from .protect import (Decoded, check_paths, decode_sample, read_shard, run_unit, shared_surrogate, split_units,
+                      surrogate_batch, write_protected_shard)
 from .provenance import check_record, default_record_url, new_run_id, read_run_record, write_run_record
 from .shards import RawSample, ShardOutput, iter_shard, list_shards, shard_done, shard_name
 from .storage import redact
@@ -44,12 +46,13 @@ FEATURE_SAMPLE = 2048
 
 @ray.remote(num_cpus=0)
 class TriggerState:
-    """The run's shared state: the trigger table and the feature model's weights, written once by
-    the driver and read by every actor (so actor constructors take names, not objects)."""
+    """The run's shared state: the trigger table and model weights (the feature model, the shared
+    surrogate), written once by the driver and read by every actor (so actor constructors take
+    names, not objects)."""
 
     def __init__(self) -> None:
         self.triggers: dict[str, list[int]] = {}
-        self.weights: dict | None = None
+        self.weights: dict[str, dict] = {}
 
     def put(self, scope: str, ids: list[int]) -> None:
         self.triggers[scope] = list(ids)
@@ -57,11 +60,11 @@ class TriggerState:
     def get(self, scope: str) -> list[int] | None:
         return self.triggers.get(scope)
 
-    def put_weights(self, state: dict) -> None:
-        self.weights = state
+    def put_weights(self, name: str, state: dict) -> None:
+        self.weights[name] = state
 
-    def get_weights(self) -> dict | None:
-        return self.weights
+    def get_weights(self, name: str) -> dict | None:
+        return self.weights.get(name)
 
 
 # ---------------------------------------------------------------- rows <-> samples
@@ -107,6 +110,11 @@ class _MEMActor:
         if self.cfg.uses_trigger and self.cfg.trigger_scope == "global":
             ids = ray.get(ray.get_actor(TRIGGER_ACTOR).get.remote("global"))
             self.fixed_trigger = torch.tensor(ids, dtype=torch.long)
+        self.surrogate = None
+        if self.cfg.surrogate == "shared" and self.cfg.method != "random":
+            self.surrogate = build_model(self.cfg.arch, self.cfg.image_size, self.cfg.context_length)
+            self.surrogate.clip.load_state_dict(ray.get(ray.get_actor(TRIGGER_ACTOR).get_weights.remote("surrogate")))
+            self.surrogate.eval()
 
     def protect_items(self, items: list[Decoded], unit_prefix: str,
                       cluster_of: dict | None = None) -> tuple[dict[str, ShardOutput], list[dict]]:
@@ -118,7 +126,7 @@ class _MEMActor:
                 ids = [cluster_of[(d.raw.shard, d.raw.key)] for d in chunk]
                 clusters = torch.unique(torch.tensor(ids), return_inverse=True)[1]
             outs, summary = run_unit(chunk, self.cfg, self.fmt, f"{unit_prefix}-{number}", self.device,
-                                     clusters=clusters, fixed_trigger=self.fixed_trigger)
+                                     clusters=clusters, fixed_trigger=self.fixed_trigger, surrogate=self.surrogate)
             summaries.append(summary)
             outputs.update({(d.raw.shard, d.raw.key): o for d, o in zip(chunk, outs)})
         return outputs, summaries
@@ -156,7 +164,7 @@ class ClusterAssigner:
         self.cfg = MEMConfig(**cfg)
         self.device = _device(gpus_per_actor)
         self.model = build_model(self.cfg.arch, self.cfg.image_size, self.cfg.context_length).to(self.device)
-        self.model.clip.load_state_dict(ray.get(ray.get_actor(TRIGGER_ACTOR).get_weights.remote()))
+        self.model.clip.load_state_dict(ray.get(ray.get_actor(TRIGGER_ACTOR).get_weights.remote("features")))
         self.model.eval()
         self.centroids = np.asarray(centroids, dtype=np.float32)
 
@@ -270,7 +278,10 @@ def _actor_pool(actors: int) -> ray.data.ActorPoolStrategy:
 # Ray Data keeps actor constructor arguments in the object store; with restarts on, a lost
 # argument would make a restarted actor fail later. A failed actor fails the run instead, and
 # a rerun resumes from the shards already written.
+# Ray 2.60's map_batches/map_groups have no named parameter for it: it goes through
+# ray_remote_args (Ray Data's own documented way), whose deprecation notice is silenced below.
 NO_RESTARTS = {"max_restarts": 0}
+warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated", category=DeprecationWarning)
 
 
 def run_pipeline(input_url: str, output_url: str, cfg: MEMConfig, image_format: str = "png",
@@ -294,6 +305,7 @@ def run_pipeline(input_url: str, output_url: str, cfg: MEMConfig, image_format: 
         "storage_options": redact(storage_options or {}), "config": cfg.to_dict(), "image_format": image_format,
         "partition": partition, "num_actors": num_actors, "gpus_per_actor": gpus_per_actor,
         "shards_total": len(shards), "shards_done_before": len(shards) - len(todo), "shards_written": len(todo),
+        "surrogate": {"mode": cfg.surrogate},
     }
     triggers: dict[str, list[int]] = dict((previous or {}).get("trigger_table") or {})
     centroids = (previous or {}).get("centroids")
@@ -320,6 +332,12 @@ def run_pipeline(input_url: str, output_url: str, cfg: MEMConfig, image_format: 
                 result = protect_unit(surrogate_batch(sample, cfg.image_size), [d.raw.caption for d in sample], cfg, device)
                 triggers["global"] = result.trigger_ids[0].tolist()
             ray.get(state.put.remote("global", triggers["global"]))
+        if cfg.surrogate == "shared" and cfg.method != "random":
+            progress.phase("shared surrogate")
+            sample = (_sample_items(ds, cfg.unit_size) if ds is not None
+                      else read_shard(todo[0], storage_options).decoded[: cfg.unit_size])
+            model, record["surrogate"] = shared_surrogate(cfg, record_url, sample, device, storage_options)
+            ray.get(state.put_weights.remote("surrogate", model.clip.state_dict()))
         actor_kwargs = dict(cfg=cfg.to_dict(), image_format=image_format, gpus_per_actor=gpus_per_actor, threads=threads)
         writer = {"output_url": output_url, "storage_options": storage_options, "record_url": record_url,
                   "provenance": provenance, "run_id": run_id}
@@ -338,7 +356,7 @@ def run_pipeline(input_url: str, output_url: str, cfg: MEMConfig, image_format: 
             if centroids is None:  # later batches keep the first batch's clusters
                 _, fitted = kmeans(feats, cfg.clusters, cfg.seed)
                 centroids = fitted.tolist()
-            ray.get(state.put_weights.remote({k: v.cpu() for k, v in model.clip.state_dict().items()}))
+            ray.get(state.put_weights.remote("features", {k: v.cpu() for k, v in model.clip.state_dict().items()}))
             progress.phase("assigning clusters")
             # every row goes through (unreadable ones get cluster -1 and come out as failure records)
             assigned = ds.map_batches(ClusterAssigner, batch_format="pandas", batch_size=256,

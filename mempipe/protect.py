@@ -19,10 +19,13 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .engine import MEMConfig, protect_unit
+from .engine.mem import train_shared_surrogate, unit_config
+from .engine.surrogate import ClipModel, build_model
 from .engine.text import decode_trigger, insert_words
 from .images import ImageError, ImageFormat, apply_noise_native, decode_rgb, encode, max_abs_delta, psnr, to_surrogate_input
 from .shards import RawSample, ShardOutput, iter_shard, list_shards, shard_done, shard_name, write_shard
-from .provenance import check_record, default_record_url, new_run_id, publish, write_private_samples, write_run_record
+from .provenance import (check_record, default_record_url, load_surrogate_state, new_run_id, publish, save_surrogate,
+                         surrogate_url, write_private_samples, write_run_record)
 from .storage import redact
 
 
@@ -120,10 +123,13 @@ def decode_sample(raw: RawSample) -> Decoded | ShardOutput:
 
 def run_unit(items: list[Decoded], cfg: MEMConfig, fmt: ImageFormat, unit_id: str, device: str,
              on_round=None, clusters: torch.Tensor | None = None,
-             fixed_trigger: torch.Tensor | None = None) -> tuple[list[ShardOutput], dict]:
-    """Engine + finishing for one unit; returns outputs and the unit's log/trigger summary."""
-    result = protect_unit(surrogate_batch(items, cfg.image_size), [d.raw.caption for d in items], cfg,
-                          device=device, progress=on_round, clusters=clusters, fixed_trigger=fixed_trigger)
+             fixed_trigger: torch.Tensor | None = None,
+             surrogate: ClipModel | None = None) -> tuple[list[ShardOutput], dict]:
+    """Engine + finishing for one unit; returns outputs and the unit's log/trigger summary.
+    ``surrogate``: the run's shared surrogate (``cfg.surrogate == "shared"``), fine-tuned per unit."""
+    result = protect_unit(surrogate_batch(items, cfg.image_size), [d.raw.caption for d in items], unit_config(cfg),
+                          device=device, progress=on_round, clusters=clusters, fixed_trigger=fixed_trigger,
+                          surrogate=surrogate)
     noise = result.noise.permute(0, 2, 3, 1).numpy()
     triggers = result.trigger_ids.tolist()
     clusters = None if result.cluster_ids is None else result.cluster_ids.tolist()
@@ -136,6 +142,28 @@ def run_unit(items: list[Decoded], cfg: MEMConfig, fmt: ImageFormat, unit_id: st
     if result.centroids is not None:
         summary["centroids_shape"] = list(result.centroids.shape)
     return outputs, summary
+
+
+def shared_surrogate(cfg: MEMConfig, record_url: str, sample: list[Decoded], device: str,
+                     storage_options: dict | None) -> tuple[ClipModel, dict]:
+    """The run's surrogate: loaded from the private record when an earlier run on this output
+    trained it (incremental runs protect against the same model), else trained once by the
+    min-min loop on ``sample`` and saved there as an open_clip checkpoint."""
+    started = time.time()
+    state = load_surrogate_state(record_url, storage_options)
+    info = {"mode": "shared", "unit_train_steps": cfg.unit_train_steps}
+    if state is not None:
+        model = build_model(cfg.arch, cfg.image_size, cfg.context_length)
+        model.clip.load_state_dict(state)
+        info["trained_this_run"] = False
+    else:
+        model = train_shared_surrogate(surrogate_batch(sample, cfg.image_size), [d.raw.caption for d in sample], cfg,
+                                       device).cpu()
+        info.update(trained_this_run=True, sample=len(sample))
+    info["checkpoint"] = (save_surrogate(record_url, model.clip.state_dict(), storage_options) if state is None
+                          else surrogate_url(record_url))
+    info["seconds"] = round(time.time() - started, 2)
+    return model.eval(), info
 
 
 def _groups(todo: list[str], storage_options: dict | None, unit_size: int) -> Iterator[list[ShardWork]]:
@@ -177,8 +205,12 @@ def protect(input_url: str, output_url: str, cfg: MEMConfig, image_format: str =
     counts = Counter()
     units: list[dict] = []
     bar = tqdm(total=len(todo), desc="shards", unit="shard", disable=not show_progress)
+    surrogate, surrogate_info = None, {"mode": cfg.surrogate}
     for group in _groups(todo, storage_options, cfg.unit_size):
         decoded = [d for w in group for d in w.decoded]
+        if cfg.surrogate == "shared" and surrogate is None and cfg.method != "random" and decoded:
+            surrogate, surrogate_info = shared_surrogate(cfg, record_url, decoded[: cfg.unit_size], device,
+                                                         storage_options)
         owner = {d.raw.key + "\0" + w.name: w for w in group for d in w.decoded}
         for number, chunk in enumerate(split_units(decoded, cfg.unit_size)):
             unit_id = f"{group[0].name}-{number}"
@@ -189,7 +221,7 @@ def protect(input_url: str, output_url: str, cfg: MEMConfig, image_format: str =
                 rounds.update(1)
                 rounds.set_postfix(surrogate=f"{entry['surrogate_loss']:.3f}", pgd=f"{entry['pgd_loss_last']:.3f}")
 
-            outputs, summary = run_unit(chunk, cfg, fmt, unit_id, device, on_round)
+            outputs, summary = run_unit(chunk, cfg, fmt, unit_id, device, on_round, surrogate=surrogate)
             rounds.close()
             units.append(summary)
             for d, out in zip(chunk, outputs):
@@ -208,7 +240,7 @@ def protect(input_url: str, output_url: str, cfg: MEMConfig, image_format: str =
         "storage_options": redact(storage_options or {}), "config": cfg.to_dict(), "image_format": image_format,
         "device": device, "shards_total": len(shards), "shards_done_before": len(shards) - len(todo),
         "shards_written": len(todo), "samples_protected": counts["protected"], "samples_failed": counts["failed"],
-        "seconds": round(time.time() - started, 2), "units": units,
+        "seconds": round(time.time() - started, 2), "units": units, "surrogate": surrogate_info,
     }
     write_run_record(output_url, record_url, record, provenance, storage_options)
     return record

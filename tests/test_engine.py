@@ -333,3 +333,23 @@ def test_compiled_towers_give_the_eager_result():
         assert compiled.log[0][key] == pytest.approx(eager.log[0][key], rel=1e-3)
     # PGD takes sign steps: a gradient entry near zero may flip, nothing more
     assert (compiled.noise == eager.noise).float().mean() > 0.97
+
+
+def test_a_unit_starts_from_the_shared_surrogate_without_changing_it():
+    from mempipe.engine.mem import train_shared_surrogate, unit_config
+
+    images, captions = demo(24, seed=5)
+    cfg = preset("cpu-tiny").with_overrides(outer_iters=2, train_steps=3, pgd_steps=2, hotflip_iters=1, candidates=2,
+                                            batch_size=8, trigger_scope="sample", surrogate="shared",
+                                            unit_train_steps=2)
+    shared = train_shared_surrogate(images, captions, cfg)
+    before = {k: v.clone() for k, v in shared.state_dict().items()}
+    assert unit_config(cfg).train_steps == 2 and unit_config(cfg.with_overrides(surrogate="per-unit")).train_steps == 3
+    result = protect_unit(images, captions, unit_config(cfg), surrogate=shared)
+    assert all(torch.equal(before[k], v) for k, v in shared.state_dict().items())   # units fine-tune a copy
+    assert result.noise.abs().max() <= cfg.epsilon and result.trigger_ids.shape == (24, 3)
+    # the unit really started from the shared weights: with no fine-tune steps its first PGD loss
+    # is the shared model's, not a fresh model's
+    frozen = protect_unit(images, captions, cfg.with_overrides(train_steps=0), surrogate=shared)
+    fresh = protect_unit(images, captions, cfg.with_overrides(train_steps=0, surrogate="per-unit"))
+    assert frozen.log[0]["pgd_loss_first"] != fresh.log[0]["pgd_loss_first"]

@@ -142,3 +142,36 @@ def test_random_trigger_placement_through_the_cli(demo_small, tmp_path, fast_con
     assert survives_strip > len(protected) // 2
     record = json.loads((out / "mempipe_run.json").read_text())
     assert record["config"]["pgd_objective"] == "joint" and record["config"]["trigger_placement"] == "random"
+
+
+def test_shared_surrogate_trained_once_saved_and_reused(demo_small, tmp_path, fast_config):
+    """--surrogate shared: one surrogate per run, an open_clip checkpoint in the private record,
+    every unit starts from it, and a later run on the same output loads it instead of training."""
+    import torch
+
+    from mempipe.engine.surrogate import build_model
+
+    inp = tmp_path / "in"
+    shutil.copytree(demo_small / "train", inp)
+    out = tmp_path / "out"
+    argv = ["protect", str(inp), str(out), *FAST, "--config", fast_config, "--surrogate", "shared",
+            "--unit-train-steps", "0", "--unit-size", "100"]
+    assert main(argv) == 0
+    record = private_run(out)
+    assert record["surrogate"]["mode"] == "shared" and record["surrogate"]["trained_this_run"]
+    assert record["surrogate"]["sample"] == 100 and len(record["units"]) == 3      # 300 samples, units of 100
+    for unit in record["units"]:   # a frozen shared surrogate: no surrogate step inside a unit
+        assert all(entry["surrogate_loss"] != entry["surrogate_loss"] for entry in unit["log"])   # NaN: no steps
+    checkpoint = record["surrogate"]["checkpoint"]
+    assert checkpoint == str(out) + "_mempipe_record/surrogate.pt"
+    model = build_model("tiny-vit", 64, 32, checkpoint=checkpoint)      # loads as a local open_clip checkpoint
+    assert torch.isfinite(next(model.parameters())).all()
+
+    # a new shard arrives: the next run protects it against the same surrogate, without training one
+    (inp / "00001.tar").write_bytes((demo_small / "test" / "00000.tar").read_bytes())
+    before = (tmp_path / "out_mempipe_record" / "surrogate.pt").read_bytes()
+    assert main(argv) == 0
+    second = private_run(out)
+    assert second["shards_written"] == 1 and second["surrogate"]["trained_this_run"] is False
+    assert (tmp_path / "out_mempipe_record" / "surrogate.pt").read_bytes() == before
+    assert len(list(iter_shard(str(out / "00001.tar")))) == 60

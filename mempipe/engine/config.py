@@ -10,6 +10,7 @@ NOISE_SCOPES = ("sample", "cluster", "cluster+sample")
 PLACEMENTS = ("front", "random")
 VOCABULARIES = ("any", "common", "captions")
 OBJECTIVES = ("trigger", "joint")
+SURROGATES = ("per-unit", "shared")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class MEMConfig:
     pgd_batch_size: int = 0         # PGD batch (more in-batch negatives, fuller GPU); 0 = batch_size as the paper
     precision: str = "fp32"         # fp32 | bf16 (autocast on a GPU, fp32 master weights)
     compile: bool = False           # torch.compile the image and text towers
+    surrogate: str = "per-unit"     # per-unit: each unit trains its own from scratch; shared: one per run
+    unit_train_steps: int = 0       # shared: surrogate steps per round inside a unit (a fine-tune; 0 = frozen)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -65,6 +68,10 @@ class MEMConfig:
             raise ValueError("cluster+sample noise splits epsilon in two: it needs epsilon >= 2")
         if not 0.0 < self.cluster_share < 1.0:
             raise ValueError(f"cluster_share must be strictly between 0 and 1, got {self.cluster_share}")
+        if self.surrogate not in SURROGATES:
+            raise ValueError(f"unknown surrogate mode {self.surrogate!r}; choose from {SURROGATES}")
+        if self.unit_train_steps < 0:
+            raise ValueError("unit_train_steps must be >= 0")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if not 1 <= self.epsilon <= 32:

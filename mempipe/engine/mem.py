@@ -18,6 +18,7 @@ is exactly integer, so nothing is lost and a unit's noise costs one byte per val
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -40,6 +41,7 @@ class UnitResult:
     centroids: np.ndarray | None
     log: list[dict] = field(default_factory=list)
     trigger_word_index: torch.Tensor | None = None  # N: caption word the trigger goes before (random placement)
+    model: ClipModel | None = None         # the surrogate at the end of the loop (keep_model=True)
 
 
 @dataclass
@@ -119,9 +121,13 @@ class _Unit:
         return compose(empty, self.body[idx], self.lengths[idx], self.cfg.context_length)
 
 
-def surrogate_for(cfg: MEMConfig, device: torch.device, unit: _Unit) -> ClipModel:
-    """A fresh surrogate on the device, in the unit's memory layout, compiled when asked."""
-    model = build_model(cfg.arch, cfg.image_size, cfg.context_length, cfg.checkpoint, seed=cfg.seed).to(device)
+def surrogate_for(cfg: MEMConfig, device: torch.device, unit: _Unit, start: ClipModel | None = None) -> ClipModel:
+    """A surrogate on the device, in the unit's memory layout, compiled when asked: fresh (or the
+    configured checkpoint), or a private copy of ``start`` (the run's shared surrogate)."""
+    if start is not None:
+        model = copy.deepcopy(start).to(device)
+    else:
+        model = build_model(cfg.arch, cfg.image_size, cfg.context_length, cfg.checkpoint, seed=cfg.seed).to(device)
     model = model.to(memory_format=unit.memory_format)
     if cfg.compile:
         # the towers only: the token embedding stays eager, where HotFlip reads its gradient
@@ -239,11 +245,15 @@ def _pgd_round(model: ClipModel, unit: _Unit, cfg: MEMConfig, generator: torch.G
 def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, device: str | torch.device = "cpu",
                  clusters: torch.Tensor | None = None,
                  progress: Callable[[dict], None] | None = None,
-                 fixed_trigger: torch.Tensor | None = None) -> UnitResult:
+                 fixed_trigger: torch.Tensor | None = None, surrogate: ClipModel | None = None,
+                 keep_model: bool = False) -> UnitResult:
     """Protect one unit. ``images``: N x 3 x S x S uint8 at the surrogate's resolution.
 
     ``fixed_trigger`` (k ids): use this trigger for every sample and skip the HotFlip search,
     so that units protected by different workers share one trigger.
+    ``surrogate``: start from (a copy of) this model instead of a fresh one; with the shared
+    surrogate the caller passes ``train_steps = unit_train_steps`` (0: the surrogate stays as it
+    came, and each round is HotFlip + PGD against it). ``keep_model``: return the trained surrogate.
     """
     device = torch.device(device)
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != cfg.image_size:
@@ -261,7 +271,7 @@ def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, devi
                           [{"round": 0, "method": "random"}])
 
     unit = _Unit(images, captions, cfg, device, generator)
-    model = surrogate_for(cfg, device, unit)
+    model = surrogate_for(cfg, device, unit, surrogate)
     opt = surrogate_optimizer(model, cfg, device)
     centroids = None
     log: list[dict] = []
@@ -281,7 +291,21 @@ def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, devi
             progress(entry)
 
     return UnitResult(unit.noise().cpu(), unit.trigger[unit.trigger_group].cpu(),
-                      None if clusters is None else clusters.cpu(), centroids, log, unit.insert_word)
+                      None if clusters is None else clusters.cpu(), centroids, log, unit.insert_word,
+                      model if keep_model else None)
+
+
+def train_shared_surrogate(images: torch.Tensor, captions: list[str], cfg: MEMConfig,
+                           device: str | torch.device = "cpu") -> ClipModel:
+    """The run's surrogate: the full min-min loop (the configured rounds and steps, noise and
+    triggers on this sample) on a sample of the data; every unit then starts from it."""
+    return protect_unit(images, captions, cfg.with_overrides(surrogate="per-unit", compile=False), device,
+                        keep_model=True).model.eval()
+
+
+def unit_config(cfg: MEMConfig) -> MEMConfig:
+    """What a unit runs with: the shared surrogate fine-tunes ``unit_train_steps`` per round."""
+    return cfg.with_overrides(train_steps=cfg.unit_train_steps) if cfg.surrogate == "shared" else cfg
 
 
 def bootstrap_features(images: torch.Tensor, captions: list[str], cfg: MEMConfig, steps: int,
