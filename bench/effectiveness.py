@@ -53,6 +53,9 @@ VARIANTS = {
     "mem3-joint": dict(method="mem", trigger_len=3, trigger_scope="sample", pgd_objective="joint"),
     "mem3-rand": dict(method="mem", trigger_len=3, trigger_scope="sample", trigger_placement="random",
                       trigger_vocab="common"),
+    # issue 14: one surrogate per run vs one per unit, at a unit size where a run has several units
+    "mem3-u250": dict(method="mem", trigger_len=3, trigger_scope="sample", unit_size=250),
+    "mem3-shared": dict(method="mem", trigger_len=3, trigger_scope="sample", unit_size=250, surrogate="shared"),
     # issue 7: the GPU fast path (bf16 autocast; the same as mem3 on a CPU, where autocast is off)
     "mem3-bf16": dict(method="mem", trigger_len=3, trigger_scope="sample", precision="bf16"),
 }
@@ -89,6 +92,8 @@ ROWS = {
     "mem3-rand+crop": ("mem3-rand", "crop", "random-placement MEM-3, random-resized crops"),
     "mem3-rand+jpeg10": ("mem3-rand", "jpeg:10", "random-placement MEM-3, JPEG quality 10"),
     "mem3-rand+grayscale": ("mem3-rand", "grayscale", "random-placement MEM-3, grayscale"),
+    "mem3-u250": ("mem3-u250", "none", "MEM-3, units of 250, each with its own surrogate (per-unit)"),
+    "mem3-shared": ("mem3-shared", "none", "MEM-3, units of 250, one shared surrogate for the run (frozen in units)"),
     # the countermeasure's own cost on clean data: what a row under a countermeasure is compared with
     "clean+grayscale": ("clean", "grayscale", "control: clean data trained in grayscale"),
 }

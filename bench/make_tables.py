@@ -69,6 +69,32 @@ def calibration_table() -> str:
     return "\n".join(lines)
 
 
+def shared_surrogate_table() -> str:
+    path = RESULTS / "shared_surrogate.json"
+    if not path.exists():
+        return "(not measured yet: `python bench/shared_surrogate.py`)"
+    d = json.loads(path.read_text())
+    lines = [f"{d['samples']} demo samples, cpu-tiny loop counts, units of {d['unit']} ({d['units']} units), "
+             f"{d['threads']} CPU threads ({d['host']}), both paths in one run:", "",
+             "| path | seconds | of which the run's surrogate | samples/s | mean final PGD loss |", "|---|---|---|---|---|"]
+    for name, r in d["paths"].items():
+        lines.append(f"| {name} | {r['seconds']} | {r['shared_surrogate_seconds'] or '–'} | {r['samples_per_s']} | "
+                     f"{r['final_pgd_loss_mean']} |")
+    lines += ["", f"Speedup of the shared surrogate: **{d['speedup_shared_over_per_unit']}×**."]
+    flops = RESULTS / "flops.json"
+    if flops.exists() and "shared" in json.loads(flops.read_text()):
+        f = json.loads(flops.read_text())
+        rows = {r["unit"]: r for r in f["by_unit_size"]}
+        lines += ["", f"Paper protocol, counted FLOPs per sample (`bench/flops.py`; the shared surrogate spread over "
+                      f"{f['shared']['dataset_samples']:,} samples):", "",
+                  "| unit | per-unit surrogate TFLOP/sample | shared TFLOP/sample | shared: share of H100 bf16 peak for 50 samples/s |",
+                  "|---|---|---|---|"]
+        for r in f["shared"]["by_unit_size"]:
+            per_unit = rows.get(r["unit"], {}).get("tflop_per_sample", "–")
+            lines.append(f"| {r['unit']} | {per_unit} | {r['tflop_per_sample']} | {r['share_of_h100_peak']:.0%} |")
+    return "\n".join(lines)
+
+
 def shortcut_race_table(name: str = "shortcut_race") -> str:
     path = RESULTS / f"{name}.json"
     if not path.exists():
@@ -172,6 +198,7 @@ def main() -> int:
     text = replace_block(text, "effectiveness", effectiveness_table())
     text = replace_block(text, "shortcut-race", shortcut_race_table())
     text = replace_block(text, "calibration", calibration_table())
+    text = replace_block(text, "shared-surrogate", shared_surrogate_table())
     text = replace_block(text, "shortcut-race-photo", shortcut_race_table("shortcut_race_photo"))
     text = replace_block(text, "performance", performance_table())
     readme.write_text(text)
