@@ -92,8 +92,8 @@ def gpu_needs(train_samples: int, protected_sets: int, victims: int, epochs: int
     return {"basis": f"counted FLOPs (bench/results/flops.json, unit {flops['unit']}) at "
                      f"{flops['recorded_gpu_run']['achieved_tflops_overall']} TFLOP/s, the rate a recorded "
                      f"{flops['recorded_gpu_run']['gpu']} run sustained", "train_samples": train_samples,
-            "protect_gpu_hours": round(protect_h, 1), "victims_gpu_hours": round(victim_h, 1),
-            "total_gpu_hours": round(protect_h + victim_h, 1)}
+            "protect_gpu_hours": round(protect_h, 2), "victims_gpu_hours": round(victim_h, 2),
+            "total_gpu_hours": round(protect_h + victim_h, 2)}
 
 
 def table(results: dict) -> str:
