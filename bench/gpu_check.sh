@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# One prepared GPU session (device tool), about 13 minutes on an H100:
-#   1. bench/gpu_check.py: the paper preset (RN50, 224 px, bf16) over a 2,048-sample unit, as it is,
-#      compiled, and with larger PGD/HotFlip batches; peak memory; bf16 vs fp32 losses;
-#   2. the protection effect of the fast path: MEM-3 protected in bf16 vs fp32 (cpu-tiny protocol,
-#      tiny-resnet victim, 30 epochs), as bench/effectiveness.py rows.
+# One prepared GPU session (device tool); each form fits one device call (< 10 minutes):
+#   bash bench/gpu_check.sh         about 9 minutes on an H100:
+#     1. bench/gpu_check.py: the paper preset (RN50, 224 px, bf16) over a 2,048-sample unit, as it is,
+#        compiled, and with larger PGD/HotFlip batches; peak memory; bf16 vs fp32 losses;
+#     2. the protection effect of the fast path: MEM-3 protected in bf16 vs fp32 (cpu-tiny protocol,
+#        tiny-resnet victim, 30 epochs), as bench/effectiveness.py rows.
+#   bash bench/gpu_check.sh photo   the photo-like regime (issue 13): the method table at the calibrated
+#     difficulty, most telling rows first, as far as the time allows (bench/results/effectiveness_photo.json).
 # Wheels for what the GPU image lacks travel in .whl (see README, Benchmarks).
 set -uo pipefail
 OUT=${OUT:-bench/results}
@@ -13,13 +16,14 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=6 TOKENIZERS_PARALLELISM=false
 nvidia-smi -L
+if [ "${1:-}" = photo ]; then
+  timeout ${PHOTO_TIMEOUT:-540} python3 bench/effectiveness.py --style photo --device cuda \
+    --rows clean,random-words,mem3,mem3+strip,trigger-only,noise-only,uc,em,random,mem5,mem3-cluster,mem3-global \
+    --victims tiny-resnet,small-vit --work /tmp/work_photo --out "$OUT/effectiveness_photo.json" > "$OUT/log_photo.txt" 2>&1
+  grep -v Warn "$OUT/log_photo.txt" | tail -14
+  exit 0
+fi
 timeout ${CHECK_TIMEOUT:-330} python3 bench/gpu_check.py --out "$OUT/gpu_check.json" 2>&1 | grep -v "No pretrained" | tail -8
 timeout ${EFF_TIMEOUT:-180} python3 bench/effectiveness.py --device cuda --rows mem3,mem3-bf16 --victims tiny-resnet \
   --work /tmp/work_a --out "$OUT/effectiveness_gpu_bf16.json" > "$OUT/log_bf16.txt" 2>&1
 grep -v Warn "$OUT/log_bf16.txt" | tail -12
-# 3. the photo-like regime (issue 13), most telling rows first, as far as the time allows: the
-#    method table at the calibrated difficulty (bench/results/effectiveness_photo.json).
-timeout ${PHOTO_TIMEOUT:-240} python3 bench/effectiveness.py --style photo --device cuda \
-  --rows clean,random-words,mem3,mem3+strip,trigger-only,noise-only,uc,em,random,mem5,mem3-cluster,mem3-global \
-  --victims tiny-resnet,small-vit --work /tmp/work_photo --out "$OUT/effectiveness_photo.json" > "$OUT/log_photo.txt" 2>&1
-grep -v Warn "$OUT/log_photo.txt" | tail -14
