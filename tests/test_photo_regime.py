@@ -60,5 +60,7 @@ def test_a_planted_class_pattern_is_learned_on_photo_images(tmp_path):
     run = train_victim(images, captions, cfg, {"code": (probes, class_captions)})
     final = run.epochs[-1]["code"]
     assert final["chance_R@10"] == 62.5                        # 10 of 16
-    assert final["i2t_R@1"] >= 50 and final["t2i_R@1"] >= 50, json.dumps(run.epochs[-1])  # chance 6.25
+    # chance: R@5 31.25, median rank 8.5 of 16
+    assert final["i2t_R@5"] >= 70 and final["t2i_R@5"] >= 70, json.dumps(run.epochs[-1])
+    assert final["i2t_median_rank"] <= 3 and final["t2i_median_rank"] <= 3, json.dumps(run.epochs[-1])
     assert run.loss_curve[-1] < run.loss_curve[0]
