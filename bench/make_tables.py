@@ -42,11 +42,15 @@ def effectiveness_table() -> str:
     return "\n".join(lines)
 
 
+def _result(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def calibration_table() -> str:
-    path = RESULTS / "calibration.json"
-    if not path.exists():
+    data = _result("calibration")
+    if data is None:
         return "(not measured yet: `python bench/calibrate.py`)"
-    data = json.loads(path.read_text())
     m, crit = data["meta"], data["meta"]["criteria"]
     lines = [f"{m['victim']} victim, {m['train']} training / {m['test']} test pairs, {m['epochs']} epochs, {m['device']} "
              f"({m['host']}); R@10 on the clean test split, image→text / text→image; chance "
@@ -70,10 +74,9 @@ def calibration_table() -> str:
 
 
 def shared_surrogate_table() -> str:
-    path = RESULTS / "shared_surrogate.json"
-    if not path.exists():
+    d = _result("shared_surrogate")
+    if d is None:
         return "(not measured yet: `python bench/shared_surrogate.py`)"
-    d = json.loads(path.read_text())
     lines = [f"{d['samples']} demo samples, cpu-tiny loop counts, units of {d['unit']} ({d['units']} units), "
              f"{d['threads']} CPU threads ({d['host']}), both paths in one run:", "",
              "| path | seconds | of which the run's surrogate | samples/s | mean final PGD loss |", "|---|---|---|---|---|"]
@@ -96,10 +99,9 @@ def shared_surrogate_table() -> str:
 
 
 def shortcut_race_table(name: str = "shortcut_race") -> str:
-    path = RESULTS / f"{name}.json"
-    if not path.exists():
+    data = _result(name)
+    if data is None:
         return f"(not measured yet: `python bench/shortcut_race.py`{' --style photo' if 'photo' in name else ''})"
-    data = json.loads(path.read_text())
     m = data["meta"]
     lines = [f"{m['victim']} victim, {m['epochs']} epochs, {m['train']} training pairs, {m['device']} ({m['host']}); "
              "R@10 image→text / text→image, chance 2.0.", "",
