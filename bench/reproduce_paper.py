@@ -40,7 +40,7 @@ from effectiveness import derive  # noqa: E402
 from mempipe.datasets import prefix_random_words  # noqa: E402
 from mempipe.engine import preset  # noqa: E402
 from mempipe.evaluate import evaluate  # noqa: E402
-from mempipe.ingest import read_rows, select, seeded_split, write_rows  # noqa: E402
+from mempipe.ingest import read_rows, seeded_split, write_rows  # noqa: E402
 from mempipe.protect import protect  # noqa: E402
 from mempipe.victim import VictimConfig  # noqa: E402
 
@@ -58,7 +58,7 @@ TINY_ENGINE = dict(outer_iters=2, train_steps=10, pgd_steps=3, hotflip_iters=1, 
 
 
 def stage_ingest(args, work: Path) -> dict:
-    rows = select(read_rows(args.root, args.dataset, annotations=args.annotations), "all", None)
+    rows = read_rows(args.root, args.dataset, annotations=args.annotations)
     ids = sorted({r.image_id for r in rows})
     if args.limit_images and args.limit_images < len(ids):
         keep = set(ids[: args.limit_images])

@@ -24,7 +24,7 @@ def quiet_ray(verbose: bool) -> None:
     ctx.enable_operator_progress_bars = verbose
     ctx.print_on_execution_start = verbose
     level = logging.INFO if verbose else logging.ERROR
-    for name in ("ray", "ray.data", "ray.data._internal"):
+    for name in ("ray", "ray.data"):   # ray.data configures its own logger; its children inherit
         logging.getLogger(name).setLevel(level)
 
 
