@@ -76,7 +76,8 @@ def stage_ingest(args, work: Path) -> dict:
             "images_in_dataset": len(ids)}
 
 
-def gpu_needs(train_samples: int, protected_sets: int, victims: int, epochs: int) -> dict | None:
+def gpu_needs(train_samples: int, protected_sets: int, victims: int, epochs: int,
+              surrogate: str = "shared") -> dict | None:
     """What the full paper-protocol run needs on one H100: counted FLOPs (bench/flops.py) at the
     FLOP rate a recorded H100 run sustained. A projection, not a measurement."""
     path = ROOT / "bench" / "results" / "flops.json"
@@ -84,12 +85,17 @@ def gpu_needs(train_samples: int, protected_sets: int, victims: int, epochs: int
         return None
     flops = json.loads(path.read_text())
     per_sample = flops["unit_flops"]["used_positions"]["per_sample"]
+    if surrogate == "shared":  # the unit's work without its surrogate, plus this dataset's share of the run's one
+        shared = flops["shared"]
+        unit_row = next(r for r in shared["by_unit_size"] if r["unit"] == flops["unit"])
+        run_level = shared["run_level_tflop"] * 1e12
+        per_sample = unit_row["tflop_per_sample"] * 1e12 - run_level / shared["dataset_samples"] + run_level / train_samples
     step = flops["per_sample_flops"]["used_positions"]
     victim_per_sample_epoch = step["image_train"] + step["text_train"]
     rate = flops["recorded_gpu_run"]["achieved_tflops_overall"] * 1e12
     protect_h = train_samples * protected_sets * per_sample / rate / 3600
     victim_h = train_samples * epochs * victims * victim_per_sample_epoch / rate / 3600
-    return {"basis": f"counted FLOPs (bench/results/flops.json, unit {flops['unit']}) at "
+    return {"basis": f"counted FLOPs (bench/results/flops.json, unit {flops['unit']}, {surrogate} surrogate) at "
                      f"{flops['recorded_gpu_run']['achieved_tflops_overall']} TFLOP/s, the rate a recorded "
                      f"{flops['recorded_gpu_run']['gpu']} run sustained", "train_samples": train_samples,
             "protect_gpu_hours": round(protect_h, 2), "victims_gpu_hours": round(victim_h, 2),
@@ -190,7 +196,8 @@ def main() -> int:
     results["extrapolated_hours_full_run"] = (round(sum(results["extrapolated_seconds_full_dataset"].values()) / 3600,
                                                     2) if fraction < 1 else round(sum(seconds.values()) / 3600, 2))
     full_train = round(ingested["train"]["samples"] / fraction)
-    results["gpu_needs_full_run"] = gpu_needs(full_train, sum(s in METHODS for s in sets), len(sets), args.epochs)
+    results["gpu_needs_full_run"] = gpu_needs(full_train, sum(s in METHODS for s in sets), len(sets), args.epochs,
+                                              engine.surrogate)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))

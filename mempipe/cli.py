@@ -42,8 +42,8 @@ def add_protect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pgd-batch-size", type=int, help="PGD batch (default: the surrogate batch, as the paper)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the surrogate's towers")
     p.add_argument("--surrogate", choices=("per-unit", "shared"),
-                   help="per-unit: each work unit trains its own surrogate from scratch; shared: one surrogate per "
-                        "run (min-min on a sample, saved in the private record, reused by later runs)")
+                   help="shared (default): one surrogate per run (min-min on a sample, saved in the private record, "
+                        "reused by later runs); per-unit: each work unit trains its own from scratch")
     p.add_argument("--unit-train-steps", type=int, help="shared surrogate: fine-tune steps per round in each unit")
     p.add_argument("--image-format", default="png", help="keep | png | webp (lossless) | jpeg:Q")
     p.add_argument("--unit-size", type=int)

@@ -145,8 +145,8 @@ def test_random_trigger_placement_through_the_cli(demo_small, tmp_path, fast_con
 
 
 def test_shared_surrogate_trained_once_saved_and_reused(demo_small, tmp_path, fast_config):
-    """--surrogate shared: one surrogate per run, an open_clip checkpoint in the private record,
-    every unit starts from it, and a later run on the same output loads it instead of training."""
+    """The default (--surrogate shared): one surrogate per run, an open_clip checkpoint in the private
+    record, every unit starts from it, and a later run on the same output loads it instead of training."""
     import torch
 
     from mempipe.engine.surrogate import build_model
@@ -154,8 +154,7 @@ def test_shared_surrogate_trained_once_saved_and_reused(demo_small, tmp_path, fa
     inp = tmp_path / "in"
     shutil.copytree(demo_small / "train", inp)
     out = tmp_path / "out"
-    argv = ["protect", str(inp), str(out), *FAST, "--config", fast_config, "--surrogate", "shared",
-            "--unit-train-steps", "0", "--unit-size", "100"]
+    argv = ["protect", str(inp), str(out), *FAST, "--config", fast_config, "--unit-size", "100"]
     assert main(argv) == 0
     record = private_run(out)
     assert record["surrogate"]["mode"] == "shared" and record["surrogate"]["trained_this_run"]
