@@ -10,6 +10,10 @@ bench/results/effectiveness.json; bench/make_tables.py turns it into the README 
     python bench/effectiveness.py --rows clean,mem3,random-words --victims tiny-resnet
     python bench/effectiveness.py --style photo --device cuda   # the photo-like regime: 8,000 pairs at the
                                                                # calibrated difficulty -> effectiveness_photo.json
+    # two CPU processes, disjoint rows, one thread each, then joined:
+    OMP_NUM_THREADS=1 python bench/effectiveness.py --style photo --rows mem3,noise-only --out a.json &
+    OMP_NUM_THREADS=1 python bench/effectiveness.py --style photo --rows em,uc --out b.json; wait
+    python bench/effectiveness.py --style photo --merge a.json,b.json
 """
 from __future__ import annotations
 
@@ -123,6 +127,23 @@ def derive(name: str, images_from: str, captions_from: str, out: Path, caption_f
     return str(out)
 
 
+def merge(parts: list[Path], out: Path) -> int:
+    """Join result files of processes that ran disjoint rows side by side (one thread each on a CPU)."""
+    merged: dict = {"rows": [], "protection": {}}
+    for part in parts:
+        data = json.loads(part.read_text())
+        merged.setdefault("meta", {**data["meta"], "merged_from": [p.name for p in parts]})
+        merged["protection"].update(data["protection"])
+        seen = {(r["row"], r["victim"]) for r in merged["rows"]}
+        clash = [r["row"] for r in data["rows"] if (r["row"], r["victim"]) in seen]
+        if clash:
+            raise SystemExit(f"{part}: rows {clash} are already in an earlier file")
+        merged["rows"] += data["rows"]
+    out.write_text(json.dumps(merged, indent=1))
+    print(f"{out}: {len(merged['rows'])} rows from {len(parts)} files")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -140,7 +161,11 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="default: bench/results/effectiveness[_photo].json")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default="", help="suffix for row names (e.g. @full for a stronger protocol)")
+    parser.add_argument("--merge", help="comma-separated result files of runs in parallel (disjoint rows) -> --out")
     args = parser.parse_args()
+    if args.merge:
+        return merge([Path(p) for p in args.merge.split(",")], Path(args.out or ROOT / "bench" / "results" / (
+            "effectiveness_photo.json" if args.style == "photo" else "effectiveness.json")))
     photo = args.style == "photo"
     args.train = args.train or (8000 if photo else 2000)
     args.work = args.work or str(ROOT / "bench" / "work" / (f"photo_d{args.difficulty}" if photo else ""))

@@ -10,8 +10,11 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
 
-def effectiveness_table() -> str:
-    data = json.loads((RESULTS / "effectiveness.json").read_text())
+def effectiveness_table(name: str = "effectiveness") -> str:
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return f"(not measured yet: `python bench/effectiveness.py`, writing {path.name})"
+    data = json.loads(path.read_text())
     rows = data["rows"]
     victims = sorted({r["victim"] for r in rows}, key=lambda v: (v != "tiny-resnet", v))
     chance = rows[0]["final"]["clean"]["chance_R@10"]
@@ -198,6 +201,7 @@ def main() -> int:
     readme = ROOT / "README.md"
     text = readme.read_text()
     text = replace_block(text, "effectiveness", effectiveness_table())
+    text = replace_block(text, "effectiveness-photo", effectiveness_table("effectiveness_photo"))
     text = replace_block(text, "shortcut-race", shortcut_race_table())
     text = replace_block(text, "calibration", calibration_table())
     text = replace_block(text, "shared-surrogate", shared_surrogate_table())
