@@ -112,7 +112,8 @@ def test_s3_to_s3(demo_small, s3_bucket, fast_config):
     record = json.loads(fs.cat_file(f"{s3_bucket}/out/mempipe_run.json"))
     assert os.environ["AWS_SECRET_ACCESS_KEY"] not in json.dumps(record)
     private = sorted(p.rsplit("/", 1)[-1] for p in fs.find(f"{s3_bucket}/out_mempipe_record"))
-    assert private == ["00000.parquet", "run.json"]        # samples/00000.parquet and the full run record
+    # samples/00000.parquet, the full run record and the run's shared surrogate (the default), all on S3
+    assert private == ["00000.parquet", "run.json", "surrogate.pt"]
     assert os.environ["AWS_SECRET_ACCESS_KEY"] not in fs.cat_file(f"{s3_bucket}/out_mempipe_record/run.json").decode()
 
 
