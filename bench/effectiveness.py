@@ -115,12 +115,12 @@ def derive(name: str, images_from: str, captions_from: str, out: Path, caption_f
     """A training set with the images of one shard set and the captions of another."""
     if (out / "done").exists():
         return str(out)
-    for url in list_shards(images_from):
+    for index, url in enumerate(list_shards(images_from)):
         caps = {s.key: s.caption for s in iter_shard(os.path.join(captions_from, shard_name(url) + ".tar")) if not s.error}
         samples = [s for s in iter_shard(url) if not s.error and s.key in caps]
         captions = [caps[s.key] for s in samples]
-        if caption_fn:
-            captions = caption_fn(captions)
+        if caption_fn:  # told the shard's index, so that random draws differ from shard to shard
+            captions = caption_fn(captions, index)
         write_shard(str(out), shard_name(url), [ShardOutput(s.key, s.image, s.image_ext, c, s.meta)
                                                  for s, c in zip(samples, captions)], record_timing=False)
     (out / "done").write_text(name)
@@ -206,7 +206,7 @@ def main() -> int:
             print(f"protected {name}: {protection[name]['seconds']}s max|d|={info['max_delta']} psnr={info['psnr_mean']}", flush=True)
     if "random-words" in needed:
         sets["random-words"] = derive("random-words", clean, clean, work / "derived" / "random-words",
-                                      lambda caps: prefix_random_words(caps, 3, seed=args.seed + 99))
+                                      lambda caps, shard: prefix_random_words(caps, 3, seed=args.seed + 99 + 1000 * shard))
     if "mem3-trigger-only" in needed:
         sets["mem3-trigger-only"] = derive("trigger-only", clean, sets["mem3"], work / "derived" / "trigger-only")
     if "mem3-noise-only" in needed:

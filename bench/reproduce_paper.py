@@ -166,7 +166,7 @@ def main() -> int:
             paths[name] = str(work / "protected" / name)
         elif name == "random-words":
             paths[name] = derive(name, train, train, work / "derived" / name,
-                                 lambda caps: prefix_random_words(caps, 3, seed=args.seed + 99))
+                                 lambda caps, shard: prefix_random_words(caps, 3, seed=args.seed + 99 + 1000 * shard))
 
     victim = VictimConfig(**(TINY_VICTIM if args.tiny else PAPER_VICTIM), epochs=args.epochs, seed=args.seed)
     rows = {}

@@ -56,3 +56,28 @@ def test_reproduce_paper_end_to_end_on_a_fake_flickr8k(tmp_path):
     assert result["protection"]["mem3"]["samples_protected"] == 40
     table = out.with_suffix(".md").read_text()
     assert "| mem5 |" in table and "tiny smoke" in table
+
+
+def test_random_words_control_draws_new_words_for_every_shard(demo_small, tmp_path):
+    """The control is 3 random words per caption: two shards with the same captions must not get
+    the same prefixes (a per-shard reseed once made each triple repeat in every shard)."""
+    import shutil
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from effectiveness import derive
+
+    from mempipe.datasets import prefix_random_words
+    from mempipe.shards import iter_shard
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("00000", "00001"):   # the same 300 samples twice
+        shutil.copy(demo_small / "train" / "00000.tar", src / f"{name}.tar")
+    out = derive("random-words", str(src), str(src), tmp_path / "rw",
+                 lambda caps, shard: prefix_random_words(caps, 3, seed=99 + 1000 * shard))
+    first, second = ([s.caption for s in iter_shard(f"{out}/{n}.tar")] for n in ("00000", "00001"))
+    originals = [s.caption for s in iter_shard(str(src / "00000.tar"))]
+    assert len(first) == len(second) == len(originals) == 300
+    assert all(a.endswith(" " + c) and b.endswith(" " + c) for a, b, c in zip(first, second, originals))
+    prefixes = [c[: len(c) - len(o)] for c, o in zip(first + second, originals + originals)]
+    assert len(set(prefixes)) > 0.95 * len(prefixes)
