@@ -63,6 +63,8 @@ def ray_head(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(16))
     gcs, dashboard = free_port(), free_port()
+    while dashboard == gcs:   # the OS may hand out a just-released port again
+        dashboard = free_port()
     ray = str(Path(sys.executable).parent / "ray")
     subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
                     "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "8",
