@@ -127,6 +127,11 @@ def derive(name: str, images_from: str, captions_from: str, out: Path, caption_f
     return str(out)
 
 
+def random_words_captions(seed: int):
+    """The random-words control's caption edit for derive: fresh words in every shard."""
+    return lambda caps, shard: prefix_random_words(caps, 3, seed=seed + 99 + 1000 * shard)
+
+
 def merge(parts: list[Path], out: Path) -> int:
     """Join result files of processes that ran disjoint rows side by side (one thread each on a CPU)."""
     merged: dict = {"rows": [], "protection": {}}
@@ -206,7 +211,7 @@ def main() -> int:
             print(f"protected {name}: {protection[name]['seconds']}s max|d|={info['max_delta']} psnr={info['psnr_mean']}", flush=True)
     if "random-words" in needed:
         sets["random-words"] = derive("random-words", clean, clean, work / "derived" / "random-words",
-                                      lambda caps, shard: prefix_random_words(caps, 3, seed=args.seed + 99 + 1000 * shard))
+                                      random_words_captions(args.seed))
     if "mem3-trigger-only" in needed:
         sets["mem3-trigger-only"] = derive("trigger-only", clean, sets["mem3"], work / "derived" / "trigger-only")
     if "mem3-noise-only" in needed:

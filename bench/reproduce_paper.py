@@ -35,9 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from effectiveness import derive  # noqa: E402
+from effectiveness import derive, random_words_captions  # noqa: E402
 
-from mempipe.datasets import prefix_random_words  # noqa: E402
 from mempipe.engine import preset  # noqa: E402
 from mempipe.evaluate import evaluate  # noqa: E402
 from mempipe.ingest import read_rows, seeded_split, write_rows  # noqa: E402
@@ -166,7 +165,7 @@ def main() -> int:
             paths[name] = str(work / "protected" / name)
         elif name == "random-words":
             paths[name] = derive(name, train, train, work / "derived" / name,
-                                 lambda caps, shard: prefix_random_words(caps, 3, seed=args.seed + 99 + 1000 * shard))
+                                 random_words_captions(args.seed))
 
     victim = VictimConfig(**(TINY_VICTIM if args.tiny else PAPER_VICTIM), epochs=args.epochs, seed=args.seed)
     rows = {}
