@@ -132,6 +132,8 @@ def main() -> int:
     parser.add_argument("--victim", default="tiny-resnet")
     parser.add_argument("--runs", default="clean,random-words")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--captions-per-image", type=int, default=1,
+                        help="train pairs per image (Flickr8K: 5); --train stays the number of pairs")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--work", default=str(ROOT / "bench" / "work" / "calibration"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "calibration.json"))
@@ -147,14 +149,15 @@ def main() -> int:
     results = json.loads(out.read_text()) if out.exists() else {}
     results["meta"] = {"host": platform.node(), "device": args.device, "torch": torch.__version__,
                        "victim": args.victim, "epochs": args.epochs, "train": args.train, "test": args.test,
-                       "random_words": PREFIX_WORDS, "criteria": {"clean_range": CLEAN_RANGE,
+                       "captions_per_image": args.captions_per_image, "random_words": PREFIX_WORDS, "criteria": {"clean_range": CLEAN_RANGE,
                        "control_share": CONTROL_SHARE, "rising_after_epoch": RISING_AFTER_EPOCH,
                        "rising_by": RISING_BY}, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     results.setdefault("levels", {})
     for level in [float(x) for x in args.levels.split(",")]:
-        data = Path(args.work) / f"d{level}"
+        data = Path(args.work) / (f"d{level}" + (f"_c{args.captions_per_image}" if args.captions_per_image > 1 else ""))
         if not (data / "test").exists():
-            write_demo_data(str(data), args.train, args.test, size=64, seed=args.seed, style="photo", difficulty=level)
+            write_demo_data(str(data), args.train, args.test, size=64, seed=args.seed, style="photo", difficulty=level,
+                            captions_per_image=args.captions_per_image)
         images, captions, _ = load_pairs(str(data / "train"), 64)
         test_images, test_captions, _ = load_pairs(str(data / "test"), 64)
         entry = results["levels"].setdefault(str(level), {})

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mempipe.datasets import prefix_random_words  # noqa: E402
-from mempipe.demo_data import PHOTO_DIFFICULTY, write_demo_data  # noqa: E402
+from mempipe.demo_data import PHOTO_CAPTIONS_PER_IMAGE, PHOTO_DIFFICULTY, write_demo_data  # noqa: E402
 from mempipe.engine import preset  # noqa: E402
 from mempipe.evaluate import evaluate, plot_curves  # noqa: E402
 from mempipe.inspect_output import summarize  # noqa: E402
@@ -158,6 +158,8 @@ def main() -> int:
     parser.add_argument("--style", choices=("scenes", "photo"), default="scenes")
     parser.add_argument("--difficulty", type=float, default=PHOTO_DIFFICULTY,
                         help="photo style: the level frozen by bench/calibrate.py (never tuned on protection rows)")
+    parser.add_argument("--captions-per-image", type=int, default=PHOTO_CAPTIONS_PER_IMAGE,
+                        help="photo style: train pairs per image, frozen with the difficulty (--train counts pairs)")
     parser.add_argument("--train", type=int, default=None, help="default: 2,000 (scenes), 8,000 (photo)")
     parser.add_argument("--test", type=int, default=500)
     parser.add_argument("--preset", default="cpu-tiny")
@@ -173,7 +175,10 @@ def main() -> int:
             "effectiveness_photo.json" if args.style == "photo" else "effectiveness.json")))
     photo = args.style == "photo"
     args.train = args.train or (8000 if photo else 2000)
-    args.work = args.work or str(ROOT / "bench" / "work" / (f"photo_d{args.difficulty}" if photo else ""))
+    if not photo:
+        args.captions_per_image = 1
+    shape = f"photo_d{args.difficulty}" + (f"_c{args.captions_per_image}" if args.captions_per_image > 1 else "")
+    args.work = args.work or str(ROOT / "bench" / "work" / (shape if photo else ""))
     args.out = args.out or str(ROOT / "bench" / "results" / ("effectiveness_photo.json" if photo else "effectiveness.json"))
 
     results_dir = Path(args.out).parent
@@ -182,7 +187,7 @@ def main() -> int:
     data = work / "data"
     if not (data / "test").exists():
         write_demo_data(str(data), args.train, args.test, size=64, seed=args.seed, style=args.style,
-                        difficulty=args.difficulty)
+                        difficulty=args.difficulty, captions_per_image=args.captions_per_image)
     clean = str(data / "train")
     # the demo-scenes table was measured with a surrogate per unit, before the default moved to shared
     style_default = {} if photo else {"surrogate": "per-unit"}
@@ -221,6 +226,7 @@ def main() -> int:
                         "host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
                         "train": args.train, "test": args.test, "epochs": args.epochs, "preset": args.preset,
                         "style": args.style, "difficulty": args.difficulty if photo else None,
+                        "captions_per_image": args.captions_per_image,
                         "engine": base.to_dict(), "date": time.strftime("%Y-%m-%d %H:%M:%S")},
                "protection": protection, "rows": []}
     if os.path.exists(args.out):  # keep rows of earlier partial runs that this run does not redo

@@ -50,12 +50,14 @@ def _result(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def calibration_table() -> str:
-    data = _result("calibration")
+def calibration_table(name: str = "calibration") -> str:
+    data = _result(name)
     if data is None:
-        return "(not measured yet: `python bench/calibrate.py`)"
+        return f"(not measured yet: `python bench/calibrate.py`, {name}.json)"
     m, crit = data["meta"], data["meta"]["criteria"]
-    lines = [f"{m['victim']} victim, {m['train']} training / {m['test']} test pairs, {m['epochs']} epochs, {m['device']} "
+    per_image = m.get("captions_per_image", 1)
+    shape = f" ({m['train'] // per_image} images, {per_image} captions each)" if per_image > 1 else ""
+    lines = [f"{m['victim']} victim, {m['train']} training{shape} / {m['test']} test pairs, {m['epochs']} epochs, {m['device']} "
              f"({m['host']}); R@10 on the clean test split, image→text / text→image; chance "
              f"{next(iter(data['levels'].values()))['chance_R@10']}. Valid: clean final R@10 in {crit['clean_range']} and "
              f"still rising after epoch {crit['rising_after_epoch']}, and the random-words control keeping ≥ "
@@ -72,7 +74,7 @@ def calibration_table() -> str:
                      f"{v['control_share_of_margin'][1]:.2f} | {'yes' if v['valid'] else 'no'} |")
     pick = data.get("pick", {})
     lines += ["", f"Picked: difficulty **{pick.get('difficulty')}** ({pick.get('rule')}); curves: "
-                  "`bench/results/calibration.png`."]
+                  f"`bench/results/{name}.png`."]
     return "\n".join(lines)
 
 
@@ -204,6 +206,7 @@ def main() -> int:
     text = replace_block(text, "effectiveness-photo", effectiveness_table("effectiveness_photo"))
     text = replace_block(text, "shortcut-race", shortcut_race_table())
     text = replace_block(text, "calibration", calibration_table())
+    text = replace_block(text, "calibration-captions5", calibration_table("calibration_captions5"))
     text = replace_block(text, "shared-surrogate", shared_surrogate_table())
     text = replace_block(text, "shortcut-race-photo", shortcut_race_table("shortcut_race_photo"))
     text = replace_block(text, "performance", performance_table())

@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="scenes: flat shapes, learned fast; photo: 1/f clutter, shape-only identity, learned slowly")
     demo.add_argument("--difficulty", type=float, default=None,
                       help="photo style only: the nuisance knob in [0, 1] (default: the calibrated value)")
+    demo.add_argument("--captions-per-image", type=int, default=1,
+                      help="photo style only: train pairs come in runs sharing one image, n captions each "
+                           "(Flickr8K and COCO have 5); the test split keeps one caption per image")
     demo.add_argument("--storage-options")
 
     add_protect_arguments(sub.add_parser("protect", help="protect shards with MEM or a baseline"))
@@ -175,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             difficulty = DEFAULT_DIFFICULTY if args.difficulty is None else args.difficulty
             print(json.dumps(write_demo_data(args.out, args.train, args.test, args.size, args.seed,
                                              parse_storage_options(args.storage_options), style=args.style,
-                                             difficulty=difficulty)))
+                                             difficulty=difficulty,
+                                             captions_per_image=args.captions_per_image)))
             return 0
         if args.command == "protect":
             return _protect(args)

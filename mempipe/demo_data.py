@@ -162,36 +162,50 @@ STYLES = ("scenes", "photo")
 # alone (bench/results/calibration.json) before any protected set was trained on. Never tuned
 # after seeing protection results; tests/test_demo_data.py checks it against that file.
 PHOTO_DIFFICULTY = 0.3
+PHOTO_CAPTIONS_PER_IMAGE = 1
 DEFAULT_DIFFICULTY = PHOTO_DIFFICULTY
 
 
-def sample_for(style: str, index: int, size: int, seed: int, difficulty: float = DEFAULT_DIFFICULTY):
+def sample_for(style: str, index: int, size: int, seed: int, difficulty: float = DEFAULT_DIFFICULTY,
+               caption_variant: int = 0):
     """(pixels, caption, scene) of one sample of either style."""
     if style == "scenes":
+        if caption_variant:
+            raise ValueError("several captions per image: photo style only")
         return make_sample(index, size, seed)
     if style == "photo":
         from .photo_data import make_photo_sample
 
-        return make_photo_sample(index, size, seed, difficulty)
+        return make_photo_sample(index, size, seed, difficulty, caption_variant)
     raise ValueError(f"unknown demo-data style {style!r}; choose from {STYLES}")
 
 
 def write_split(out_url: str, count: int, size: int, seed: int, first_index: int, per_shard: int = 500,
                 storage_options: dict | None = None, style: str = "scenes",
-                difficulty: float = DEFAULT_DIFFICULTY) -> int:
-    """Write ``count`` samples as img2dataset-style shards; returns the number of shards."""
+                difficulty: float = DEFAULT_DIFFICULTY, captions_per_image: int = 1) -> int:
+    """Write ``count`` pairs as img2dataset-style shards; returns the number of shards.
+
+    With ``captions_per_image`` n > 1, pairs come in runs of n that share one image (same
+    bytes, same url) and carry its n captions, the way ``mempipe ingest --captions all``
+    writes Flickr8K: ``count`` pairs show ``ceil(count / n)`` images.
+    """
+    if captions_per_image < 1:
+        raise ValueError(f"captions_per_image must be at least 1, got {captions_per_image}")
     shards = (count + per_shard - 1) // per_shard
     generator = {"generator": "mempipe demo-data", "seed": seed, "size": size, "style": style}
     if style == "photo":
         generator["difficulty"] = difficulty
+    if captions_per_image > 1:
+        generator["captions_per_image"] = captions_per_image
     for shard_id in range(shards):
         samples = []
         for i in range(shard_id * per_shard, min(count, (shard_id + 1) * per_shard)):
-            pixels, caption, scene = sample_for(style, first_index + i, size, seed, difficulty)
+            image_index, variant = first_index + i // captions_per_image, i % captions_per_image
+            pixels, caption, scene = sample_for(style, image_index, size, seed, difficulty, variant)
             key = f"{shard_id:05d}{i - shard_id * per_shard:04d}"
             data = _jpeg(pixels)
             meta = {
-                "url": f"demo://{seed}/{first_index + i}.jpg", "key": key, "caption": caption,
+                "url": f"demo://{seed}/{image_index}.jpg", "key": key, "caption": caption,
                 "status": "success", "error_message": None, "width": size, "height": size,
                 "original_width": size, "original_height": size, "exif": "{}",
                 "sha256": hashlib.sha256(data).hexdigest(), "scene": scene,
@@ -204,13 +218,20 @@ def write_split(out_url: str, count: int, size: int, seed: int, first_index: int
 
 def write_demo_data(out_url: str, train: int, test: int, size: int = 64, seed: int = 0,
                     storage_options: dict | None = None, style: str = "scenes",
-                    difficulty: float = DEFAULT_DIFFICULTY) -> dict:
-    """``OUT/train`` and ``OUT/test``; test samples never share an index with train samples."""
+                    difficulty: float = DEFAULT_DIFFICULTY, captions_per_image: int = 1) -> dict:
+    """``OUT/train`` and ``OUT/test``; test samples never share an image with train samples.
+
+    ``captions_per_image`` applies to train only: the test split keeps one caption per image
+    so that retrieval ranks distinct images and chance stays 10 / test.
+    """
     options = dict(storage_options=storage_options, style=style, difficulty=difficulty)
-    n_train = write_split(join(out_url, "train"), train, size, seed, 0, **options)
+    n_train = write_split(join(out_url, "train"), train, size, seed, 0, captions_per_image=captions_per_image,
+                          **options)
     n_test = write_split(join(out_url, "test"), test, size, seed, 10_000_000, **options)
     out = {"train": train, "test": test, "train_shards": n_train, "test_shards": n_test, "size": size, "seed": seed,
            "style": style}
     if style == "photo":
         out["difficulty"] = difficulty
+    if captions_per_image > 1:
+        out["captions_per_image"] = captions_per_image
     return out

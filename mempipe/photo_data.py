@@ -198,8 +198,14 @@ def _phrase(rng, obj: dict) -> str:
     return phrase
 
 
-def make_photo_sample(index: int, size: int, seed: int, difficulty: float) -> tuple[np.ndarray, str, dict]:
-    """One photo-like image and its caption, fully determined by (seed, index, size, difficulty)."""
+def make_photo_sample(index: int, size: int, seed: int, difficulty: float,
+                      caption_variant: int = 0) -> tuple[np.ndarray, str, dict]:
+    """One photo-like image and one of its captions, fully determined by the arguments.
+
+    Variant 0 is the caption drawn right after the image (the single-caption data set);
+    variants 1, 2, ... are further captions of the same image, as Flickr8K and COCO give five
+    annotators' captions per photo: same objects, independently drawn words and structure.
+    """
     if not 0.0 <= difficulty <= 1.0:
         raise ValueError(f"difficulty must be in [0, 1], got {difficulty}")
     rng = np.random.RandomState((seed * 1_000_003 + index * 7 + 12345) % (2**32))
@@ -241,6 +247,8 @@ def make_photo_sample(index: int, size: int, seed: int, difficulty: float) -> tu
     image = (image - 128) * gain + 128 + rng.uniform(-25, 25) * d + rng.randn(size, size, 3) * (1 + 7 * d)
     pixels = np.clip(image, 0, 255).astype(np.uint8)
 
+    if caption_variant:
+        rng = np.random.RandomState((seed * 1_000_003 + index * 7 + 54321 + caption_variant * 104_729) % (2**32))
     phrases = [_phrase(rng, o) for o in objects]
     body = phrases[0]
     for phrase in phrases[1:]:

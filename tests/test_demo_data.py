@@ -64,3 +64,25 @@ def test_the_photo_difficulty_is_the_one_calibration_picked():
     record = json.loads((Path(__file__).resolve().parent.parent / "bench/results/calibration.json").read_text())
     assert record["pick"]["difficulty"] == PHOTO_DIFFICULTY
     assert str(PHOTO_DIFFICULTY) in record["levels"] and "verdict" in record["levels"][str(PHOTO_DIFFICULTY)]
+
+
+def test_several_captions_per_image_share_the_image_and_keep_variant_zero(tmp_path):
+    """Flickr8K-shaped photo data: runs of n train pairs share one image's bytes and differ in caption;
+    the first caption of each run is the single-caption set's caption; test stays one caption per image."""
+    common = ["--test", "6", "--seed", "2", "--style", "photo", "--difficulty", "0.3"]
+    assert main(["demo-data", str(tmp_path / "one"), "--train", "4", *common]) == 0
+    assert main(["demo-data", str(tmp_path / "five"), "--train", "20", "--captions-per-image", "5", *common]) == 0
+    one = list(iter_shard(str(tmp_path / "one/train/00000.tar")))
+    five = list(iter_shard(str(tmp_path / "five/train/00000.tar")))
+    assert len(five) == 20 and len({s.key for s in five}) == 20
+    for image in range(4):
+        run = five[5 * image:5 * image + 5]
+        assert len({s.image for s in run}) == 1 and len({s.meta["url"] for s in run}) == 1
+        assert run[0].image == one[image].image and run[0].caption == one[image].caption
+        assert len({s.caption for s in run}) >= 3                      # independently drawn captions
+        assert {o["shape"] for o in run[1].meta["scene"]["objects"]} == {o["shape"] for o in one[image].meta["scene"]["objects"]}
+    assert len({s.image for s in five}) == 4
+    assert _digest(tmp_path / "one/test") == _digest(tmp_path / "five/test")
+    stats = json.loads((tmp_path / "five/train/00000_stats.json").read_text())
+    assert stats["captions_per_image"] == 5
+    assert main(["demo-data", str(tmp_path / "bad"), "--train", "4", "--test", "1", "--captions-per-image", "5"]) == 2
