@@ -73,8 +73,13 @@ def calibration_table(name: str = "calibration") -> str:
                      f"{v['control_final'][1]:.1f} | {v['control_share_of_margin'][0]:.2f} / "
                      f"{v['control_share_of_margin'][1]:.2f} | {'yes' if v['valid'] else 'no'} |")
     pick = data.get("pick", {})
-    lines += ["", f"Picked: difficulty **{pick.get('difficulty')}** ({pick.get('rule')}); curves: "
-                  f"`bench/results/{name}.png`."]
+    if name == "calibration":
+        lines += ["", f"Picked: difficulty **{pick.get('difficulty')}** ({pick.get('rule')}); curves: "
+                      f"`bench/results/{name}.png`."]
+    else:  # an alternative data shape, judged by the same rule; the frozen regime is calibration.json's
+        lines += ["", f"The same rule would pick difficulty {pick.get('difficulty')} ({pick.get('rule')}); "
+                      f"{'valid, see below' if pick.get('criteria_met') else 'not adopted, see below'}; curves: "
+                      f"`bench/results/{name}.png`."]
     return "\n".join(lines)
 
 
