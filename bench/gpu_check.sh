@@ -7,6 +7,9 @@
 #        tiny-resnet victim, 30 epochs), as bench/effectiveness.py rows.
 #   bash bench/gpu_check.sh photo   the photo-like regime (issue 13): the method table at the calibrated
 #     difficulty, most telling rows first, as far as the time allows (bench/results/effectiveness_photo.json).
+#   bash bench/gpu_check.sh flickr8k RUN   RUN = clean or random-words: one calibration curve on the Flickr8K
+#     shape (8,000 images x 5 captions = 40,000 pairs, difficulty 0.3), the regime the CPU cannot train
+#     (bench/results/calibration_flickr8k_RUN.json; join the two with bench/calibrate.py --merge).
 # Wheels for what the GPU image lacks travel in .whl (see README, Benchmarks).
 set -uo pipefail
 OUT=${OUT:-bench/results}
@@ -16,6 +19,12 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=6 TOKENIZERS_PARALLELISM=false
 nvidia-smi -L
+if [ "${1:-}" = flickr8k ]; then
+  timeout ${FLICKR_TIMEOUT:-560} python3 bench/calibrate.py --levels 0.3 --train 40000 --captions-per-image 5 \
+    --runs "${2:-clean}" --device cuda --work /tmp/work_calibration --out "$OUT/calibration_flickr8k_${2:-clean}.json" 2>&1 \
+    | grep -v Warn | tail -6
+  exit 0
+fi
 if [ "${1:-}" = photo ]; then
   timeout ${PHOTO_TIMEOUT:-540} python3 bench/effectiveness.py --style photo --device cuda \
     --rows clean,random-words,mem3,mem3+strip,trigger-only,noise-only,uc,em,random,mem5,mem3-cluster,mem3-global \

@@ -20,6 +20,8 @@ function of (seed, index, size, difficulty).
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -208,6 +210,24 @@ def make_photo_sample(index: int, size: int, seed: int, difficulty: float,
     """
     if not 0.0 <= difficulty <= 1.0:
         raise ValueError(f"difficulty must be in [0, 1], got {difficulty}")
+    pixels, objects, n_distractors, rng_state = _photo_image(index, size, seed, difficulty)
+    rng = np.random.RandomState()
+    if caption_variant:
+        rng.seed((seed * 1_000_003 + index * 7 + 54321 + caption_variant * 104_729) % (2**32))
+    else:
+        rng.set_state(rng_state)      # continue the image's stream: single-caption bytes stay as they were
+    phrases = [_phrase(rng, o) for o in objects]
+    body = phrases[0]
+    for phrase in phrases[1:]:
+        body += _pick(rng, JOINERS) + phrase
+    caption = " ".join(p for p in (_pick(rng, LEAD_INS), body, _pick(rng, TAILS)) if p)
+    scene = {"style": "photo", "difficulty": difficulty, "objects": [dict(o) for o in objects],
+             "distractors": int(n_distractors)}
+    return pixels.copy(), caption, scene
+
+
+@lru_cache(maxsize=4)   # the captions of one image are written one after another: draw the image once
+def _photo_image(index: int, size: int, seed: int, difficulty: float):
     rng = np.random.RandomState((seed * 1_000_003 + index * 7 + 12345) % (2**32))
     d = difficulty
     # background: two colours mixed by 1/f noise, plus a second finer 1/f layer
@@ -246,13 +266,4 @@ def make_photo_sample(index: int, size: int, seed: int, difficulty: float,
     gain = rng.uniform(1.0 - 0.4 * d, 1.0)
     image = (image - 128) * gain + 128 + rng.uniform(-25, 25) * d + rng.randn(size, size, 3) * (1 + 7 * d)
     pixels = np.clip(image, 0, 255).astype(np.uint8)
-
-    if caption_variant:
-        rng = np.random.RandomState((seed * 1_000_003 + index * 7 + 54321 + caption_variant * 104_729) % (2**32))
-    phrases = [_phrase(rng, o) for o in objects]
-    body = phrases[0]
-    for phrase in phrases[1:]:
-        body += _pick(rng, JOINERS) + phrase
-    caption = " ".join(p for p in (_pick(rng, LEAD_INS), body, _pick(rng, TAILS)) if p)
-    scene = {"style": "photo", "difficulty": difficulty, "objects": objects, "distractors": int(n_distractors)}
-    return pixels, caption, scene
+    return pixels, objects, n_distractors, rng.get_state()
