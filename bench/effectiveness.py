@@ -158,8 +158,9 @@ def main() -> int:
     parser.add_argument("--style", choices=("scenes", "photo"), default="scenes")
     parser.add_argument("--difficulty", type=float, default=PHOTO_DIFFICULTY,
                         help="photo style: the level frozen by bench/calibrate.py (never tuned on protection rows)")
-    parser.add_argument("--captions-per-image", type=int, default=PHOTO_CAPTIONS_PER_IMAGE,
-                        help="photo style: train pairs per image, frozen with the difficulty (--train counts pairs)")
+    parser.add_argument("--captions-per-image", type=int, default=None,
+                        help="photo style: train pairs per image (--train counts pairs); default: the frozen "
+                             f"{PHOTO_CAPTIONS_PER_IMAGE} (photo), 1 (scenes)")
     parser.add_argument("--train", type=int, default=None, help="default: 2,000 (scenes), 8,000 (photo)")
     parser.add_argument("--test", type=int, default=500)
     parser.add_argument("--preset", default="cpu-tiny")
@@ -175,8 +176,7 @@ def main() -> int:
             "effectiveness_photo.json" if args.style == "photo" else "effectiveness.json")))
     photo = args.style == "photo"
     args.train = args.train or (8000 if photo else 2000)
-    if not photo:
-        args.captions_per_image = 1
+    args.captions_per_image = args.captions_per_image or (PHOTO_CAPTIONS_PER_IMAGE if photo else 1)
     shape = f"photo_d{args.difficulty}" + (f"_c{args.captions_per_image}" if args.captions_per_image > 1 else "")
     args.work = args.work or str(ROOT / "bench" / "work" / (shape if photo else ""))
     args.out = args.out or str(ROOT / "bench" / "results" / ("effectiveness_photo.json" if photo else "effectiveness.json"))

@@ -168,10 +168,8 @@ DEFAULT_DIFFICULTY = PHOTO_DIFFICULTY
 
 def sample_for(style: str, index: int, size: int, seed: int, difficulty: float = DEFAULT_DIFFICULTY,
                caption_variant: int = 0):
-    """(pixels, caption, scene) of one sample of either style."""
+    """(pixels, caption, scene) of one sample of either style (caption variants: photo only)."""
     if style == "scenes":
-        if caption_variant:
-            raise ValueError("several captions per image: photo style only")
         return make_sample(index, size, seed)
     if style == "photo":
         from .photo_data import make_photo_sample
@@ -191,6 +189,8 @@ def write_split(out_url: str, count: int, size: int, seed: int, first_index: int
     """
     if captions_per_image < 1:
         raise ValueError(f"captions_per_image must be at least 1, got {captions_per_image}")
+    if captions_per_image > 1 and style != "photo":
+        raise ValueError("several captions per image: photo style only")
     shards = (count + per_shard - 1) // per_shard
     generator = {"generator": "mempipe demo-data", "seed": seed, "size": size, "style": style}
     if style == "photo":

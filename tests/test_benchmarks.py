@@ -64,17 +64,15 @@ def test_random_words_control_draws_new_words_for_every_shard(demo_small, tmp_pa
     import shutil
 
     sys.path.insert(0, str(ROOT / "bench"))
-    from effectiveness import derive
+    from effectiveness import derive, random_words_captions
 
-    from mempipe.datasets import prefix_random_words
     from mempipe.shards import iter_shard
 
     src = tmp_path / "src"
     src.mkdir()
     for name in ("00000", "00001"):   # the same 300 samples twice
         shutil.copy(demo_small / "train" / "00000.tar", src / f"{name}.tar")
-    out = derive("random-words", str(src), str(src), tmp_path / "rw",
-                 lambda caps, shard: prefix_random_words(caps, 3, seed=99 + 1000 * shard))
+    out = derive("random-words", str(src), str(src), tmp_path / "rw", random_words_captions(0))
     first, second = ([s.caption for s in iter_shard(f"{out}/{n}.tar")] for n in ("00000", "00001"))
     originals = [s.caption for s in iter_shard(str(src / "00000.tar"))]
     assert len(first) == len(second) == len(originals) == 300
