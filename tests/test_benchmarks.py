@@ -79,3 +79,21 @@ def test_random_words_control_draws_new_words_for_every_shard(demo_small, tmp_pa
     assert all(a.endswith(" " + c) and b.endswith(" " + c) for a, b, c in zip(first, second, originals))
     prefixes = [c[: len(c) - len(o)] for c, o in zip(first + second, originals + originals)]
     assert len(set(prefixes)) > 0.95 * len(prefixes)
+
+
+def test_goal_rows_measure_distance_to_twice_chance_and_margin_removed():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from make_tables import goal_rows
+
+    def row(name, victim, clean, prefixed):
+        final = {s: {"i2t_R@10": v[0], "t2i_R@10": v[1], "chance_R@10": 2.0}
+                 for s, v in (("clean", clean), ("prefixed", prefixed))}
+        return {"row": name, "victim": victim, "final": final}
+
+    rows = [row("strong", "tiny-resnet", (3.0, 3.8), (2.0, 4.6)), row("weak", "tiny-resnet", (20.0, 11.0), (9.0, 9.0)),
+            row("strong", "small-vit", (2.0, 2.0), (2.0, 2.0))]
+    strong, weak = goal_rows(rows, clean_final=[20.0, 20.0], chance=2.0, victim="tiny-resnet")
+    # the higher direction decides: 3.8 - 4.0 on clean captions, but 4.6 - 4.0 on prefixed ones
+    assert (strong["distance_clean"], strong["distance_prefixed"]) == (-0.2, 0.6)
+    assert strong["margin_removed"] == 0.9          # t2i: 1 - 1.8 / 18, the worse direction
+    assert (weak["distance_clean"], weak["margin_removed"]) == (16.0, 0.0)
