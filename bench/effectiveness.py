@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mempipe.datasets import prefix_random_words  # noqa: E402
+from mempipe.datasets import prefix_random_words, random_words  # noqa: E402
 from mempipe.demo_data import PHOTO_CAPTIONS_PER_IMAGE, PHOTO_DIFFICULTY, write_demo_data  # noqa: E402
 from mempipe.engine import preset  # noqa: E402
 from mempipe.evaluate import evaluate, plot_curves  # noqa: E402
@@ -78,6 +78,12 @@ ROWS = {
     "mem3-cn": ("mem3-cn", "none", "MEM-3 with cluster-wise noise and cluster triggers"),
     "mem3-cn+strip": ("mem3-cn", "strip:3", "cluster-wise MEM-3, first 3 caption words stripped"),
     "trigger-only": ("mem3-trigger-only", "none", "ablation: MEM-3 captions, original images"),
+    # a shared trigger is no per-caption id, so the per-caption control says nothing of it: its own control
+    # keeps the grouping and the caption format and optimises nothing
+    "random-words-cluster": ("random-words-cluster", "none",
+                             "control for mem3-cluster: its trigger groups, each given 3 random words, clean images"),
+    "cluster-trigger-only": ("mem3-cluster-trigger-only", "none", "ablation: mem3-cluster captions, original images"),
+    "mem3-cluster+strip": ("mem3-cluster", "strip:3", "cluster-trigger MEM-3, first 3 caption words stripped"),
     "noise-only": ("mem3-noise-only", "none", "ablation: MEM-3 images, original captions"),
     "mem3+strip": ("mem3", "strip:3", "countermeasure: first 3 caption words stripped"),
     "mem3+jpeg75": ("mem3", "jpeg:75", "countermeasure: JPEG re-encoding, quality 75"),
@@ -102,9 +108,14 @@ ROWS = {
     "clean+grayscale": ("clean", "grayscale", "control: clean data trained in grayscale"),
 }
 
+# protected sets that derived training sets take their images or captions from
+DERIVED_FROM = {"mem3": {"mem3-trigger-only", "mem3-noise-only"},
+                "mem3-cluster": {"mem3-cluster-trigger-only", "random-words-cluster"}}
+
 # the most telling rows first, so that a run cut short still answers the main question
 DEFAULT_ORDER = ["clean", "random-words", "mem3", "mem3+strip", "em", "random", "uc", "mem5", "mem3-cluster",
-                 "mem3-global", "mem3-cn", "mem3-cn+strip", "trigger-only", "noise-only", "mem3+jpeg75",
+                 "mem3-global", "mem3-cn", "mem3-cn+strip", "trigger-only", "noise-only", "random-words-cluster", "cluster-trigger-only",
+                 "mem3-cluster+strip", "mem3+jpeg75",
                  "mem3+jpeg10", "mem3+grayscale", "clean+grayscale", "mem3+crop",
                  "mem3-rand", "mem3-rand+strip", "mem3-joint", "mem3-joint+strip", "mem3-cs", "mem3-cs+strip",
                  "uc-text", "uc-text+strip", "mem3-rand+jpeg75", "mem3-rand+crop", "mem3-rand+jpeg10",
@@ -130,6 +141,24 @@ def derive(name: str, images_from: str, captions_from: str, out: Path, caption_f
 def random_words_captions(seed: int):
     """The random-words control's caption edit for derive: fresh words in every shard."""
     return lambda caps, shard: prefix_random_words(caps, 3, seed=seed + 99 + 1000 * shard)
+
+
+def group_random_words_captions(seed: int, trigger_len: int = 3):
+    """The matched control of a shared-trigger set, for derive on its captions: each distinct trigger
+    (the first trigger_len words) becomes k random words, the same for every caption that shared it,
+    across shards. Same grouping, same caption format, nothing optimised."""
+    replacement: dict[str, str] = {}
+
+    def edit(caps: list[str], shard: int) -> list[str]:
+        out = []
+        for caption in caps:
+            words = caption.split()
+            trigger = " ".join(words[:trigger_len])
+            if trigger not in replacement:
+                replacement[trigger] = random_words(1, trigger_len, seed=seed + 77 + len(replacement))[0]
+            out.append(replacement[trigger] + " " + " ".join(words[trigger_len:]))
+        return out
+    return edit
 
 
 def merge(parts: list[Path], out: Path) -> int:
@@ -201,7 +230,7 @@ def main() -> int:
     protection: dict[str, dict] = {}
     needed = {ROWS[r][0] for r in rows}
     for name, overrides in VARIANTS.items():
-        if name in needed or (name == "mem3" and needed & {"mem3-trigger-only", "mem3-noise-only"}):
+        if name in needed or needed & DERIVED_FROM.get(name, set()):
             out = work / ("protected" + args.tag.replace("@", "_")) / name
             record = protect(clean, str(out), base.with_overrides(**overrides), "png", device=args.device,
                              show_progress=False)
@@ -219,6 +248,12 @@ def main() -> int:
                                       random_words_captions(args.seed))
     if "mem3-trigger-only" in needed:
         sets["mem3-trigger-only"] = derive("trigger-only", clean, sets["mem3"], work / "derived" / "trigger-only")
+    if "mem3-cluster-trigger-only" in needed:
+        sets["mem3-cluster-trigger-only"] = derive("cluster-trigger-only", clean, sets["mem3-cluster"],
+                                                   work / "derived" / "cluster-trigger-only")
+    if "random-words-cluster" in needed:
+        sets["random-words-cluster"] = derive("random-words-cluster", clean, sets["mem3-cluster"],
+                                              work / "derived" / "random-words-cluster", group_random_words_captions(args.seed))
     if "mem3-noise-only" in needed:
         sets["mem3-noise-only"] = derive("noise-only", sets["mem3"], clean, work / "derived" / "noise-only")
 

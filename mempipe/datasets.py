@@ -68,8 +68,13 @@ def load_pairs(url: str, image_size: int, defense: str = "none", storage_options
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), captions, keys
 
 
+def random_words(count: int, k: int, seed: int) -> list[str]:
+    """count strings of k random whole words each (the trigger vocabulary, nothing optimised)."""
+    ids = random_trigger_ids(count, k, torch.Generator().manual_seed(seed)).tolist()
+    tok = tokenizer()
+    return [tok.decode(row).strip() for row in ids]
+
+
 def prefix_random_words(captions: list[str], k: int, seed: int) -> list[str]:
     """k random whole words in front of each caption (cancels the caption-format shift)."""
-    ids = random_trigger_ids(len(captions), k, torch.Generator().manual_seed(seed)).tolist()
-    tok = tokenizer()
-    return [tok.decode(row).strip() + " " + c for row, c in zip(ids, captions)]
+    return [words + " " + c for words, c in zip(random_words(len(captions), k, seed), captions)]

@@ -81,6 +81,22 @@ def test_random_words_control_draws_new_words_for_every_shard(demo_small, tmp_pa
     assert len(set(prefixes)) > 0.95 * len(prefixes)
 
 
+def test_group_control_keeps_each_trigger_group_and_draws_it_new_words():
+    """The shared-trigger control: captions that shared a trigger share the new words (in any shard),
+    different triggers get different words, and the caption after the trigger is untouched."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from effectiveness import group_random_words_captions
+
+    edit = group_random_words_captions(seed=0)
+    first = edit(["aa bb cc a dog", "dd ee ff two cats", "aa bb cc one bird"], 0)
+    second = edit(["dd ee ff a fish", "aa bb cc a tree"], 1)
+    prefix = [" ".join(c.split()[:3]) for c in first + second]
+    assert prefix[0] == prefix[2] == prefix[4] and prefix[1] == prefix[3] and prefix[0] != prefix[1]
+    assert not {"aa bb cc", "dd ee ff"} & set(prefix)
+    assert [c.split()[3:] for c in first + second] == [s.split() for s in
+                                                       ("a dog", "two cats", "one bird", "a fish", "a tree")]
+
+
 def test_goal_rows_measure_distance_to_twice_chance_and_margin_removed():
     sys.path.insert(0, str(ROOT / "bench"))
     from make_tables import goal_rows
