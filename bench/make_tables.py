@@ -75,8 +75,25 @@ def goal_rows(rows: list[dict], clean_final: list[float], chance: float, victim:
     return out
 
 
+# the controls: the same edit as a method, nothing optimised
+CONTROLS = ("random", "random-words", "random-words-cluster")
+IMAGE_ONLY = ("em", "uc", "uc-text", "noise-only")
+
+
+def matched_control(row: str) -> str:
+    """The control that makes the same kind of edit as a row: noise for image-only rows (or rows
+    whose trigger a countermeasure strips), words grouped as the row's trigger is otherwise."""
+    if row in IMAGE_ONLY or row.endswith("+strip"):
+        return "random"
+    if "cluster" in row:
+        return "random-words-cluster"
+    if "global" in row:
+        return "random-words-global"    # one shared random triple: not built
+    return "random-words"
+
+
 def goal_table(name: str = "effectiveness_photo", victim: str = "tiny-resnet") -> str:
-    """The issue-13 goal per row, judged against the random-words control of the same file."""
+    """The issue-13 goal per row, each judged against its matched control from the same file."""
     data, calibration = _result(name), _result("calibration")
     if data is None or calibration is None:
         return "(not measured yet: `python bench/calibrate.py` and `python bench/effectiveness.py --style photo`)"
@@ -89,26 +106,33 @@ def goal_table(name: str = "effectiveness_photo", victim: str = "tiny-resnet") -
         clean = calibration["levels"][level]["clean"]["final"]
         clean_final, source = [clean["i2t_R@10"], clean["t2i_R@10"]], f"the calibration's clean run at difficulty {level}"
     table = goal_rows(data["rows"], clean_final, chance, victim)
-    control = next((g for g in table if g["row"] == "random-words"), None)
-    control_share = None if control is None else 1 - control["margin_removed"]
+    kept = {g["row"]: 1 - g["margin_removed"] for g in table if g["row"] in CONTROLS}
+    # the issue's regime rule: where random words per caption defeat the victim, no row can count
+    regime_valid = kept.get("random-words", 0.0) >= CONTROL_SHARE_NEEDED
     lines = [f"{victim}, clean reference {clean_final[0]:.1f} / {clean_final[1]:.1f} ({source}); goal: R@10 at most "
              f"{GOAL_TIMES_CHANCE:g}x chance = {GOAL_TIMES_CHANCE * chance:.1f} both ways, on clean and prefixed test "
              "captions. Distance = the higher direction minus the goal (≤ 0 meets it); margin removed = share of "
-             "clean's margin above chance that the row takes away (worse direction).", "",
-             "| row | distance, clean captions | distance, prefixed captions | margin removed | goal met |",
-             "|---|---|---|---|---|"]
+             "clean's margin above chance that the row takes away (worse direction). A row counts only if it meets "
+             f"the goal and its matched control (the same caption edit, nothing optimised) keeps ≥ "
+             f"{CONTROL_SHARE_NEEDED:.2f} of clean's margin, in a regime where the per-caption random-words control "
+             "does (issue 13).", "",
+             "| row | distance, clean captions | distance, prefixed captions | margin removed | goal met | "
+             "matched control: margin it keeps | counts |", "|---|---|---|---|---|---|---|"]
     for g in sorted(table, key=lambda g: max(g["distance_clean"], g["distance_prefixed"])):
         met = g["distance_clean"] <= 0 and g["distance_prefixed"] <= 0
+        if g["row"] in CONTROLS:
+            control, counts = "(a control)", "–"
+        else:
+            c = matched_control(g["row"])
+            share = kept.get(c)
+            control = f"{c}: {share:.2f}" if share is not None else f"{c}: not measured"
+            counts = "yes" if met and regime_valid and share is not None and share >= CONTROL_SHARE_NEEDED else "no"
         lines.append(f"| {g['row']} | {g['distance_clean']:+.1f} | {g['distance_prefixed']:+.1f} | "
-                     f"{g['margin_removed']:.2f} | {'yes' if met else 'no'} |")
-    if control_share is None:
-        lines += ["", "No random-words row: no row can be judged against its control."]
-    else:
-        keeps = control_share >= CONTROL_SHARE_NEEDED
-        lines += ["", f"The random-words control keeps {control_share:.2f} of clean's margin (needed: ≥ "
-                      f"{CONTROL_SHARE_NEEDED:.2f}): " + ("rows that meet the goal count as protection."
-                      if keeps else "**no row here can count as protection**, whatever its distance: "
-                      "three random words per caption do as much.")]
+                     f"{g['margin_removed']:.2f} | {'yes' if met else 'no'} | {control} | {counts} |")
+    if not regime_valid:
+        lines += ["", f"The per-caption random-words control keeps {kept.get('random-words', 0.0):.2f} of clean's margin "
+                      f"(needed ≥ {CONTROL_SHARE_NEEDED:.2f}): **the regime fails the issue's rule, so no row here counts "
+                      "as protection**, whatever its distance."]
     return "\n".join(lines)
 
 

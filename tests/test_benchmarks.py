@@ -99,7 +99,7 @@ def test_group_control_keeps_each_trigger_group_and_draws_it_new_words():
 
 def test_goal_rows_measure_distance_to_twice_chance_and_margin_removed():
     sys.path.insert(0, str(ROOT / "bench"))
-    from make_tables import goal_rows
+    from make_tables import goal_rows, matched_control
 
     def row(name, victim, clean, prefixed):
         final = {s: {"i2t_R@10": v[0], "t2i_R@10": v[1], "chance_R@10": 2.0}
@@ -113,3 +113,6 @@ def test_goal_rows_measure_distance_to_twice_chance_and_margin_removed():
     assert (strong["distance_clean"], strong["distance_prefixed"]) == (-0.2, 0.6)
     assert strong["margin_removed"] == 0.9          # t2i: 1 - 1.8 / 18, the worse direction
     assert (weak["distance_clean"], weak["margin_removed"]) == (16.0, 0.0)
+    # each row is judged against the control that makes its kind of edit with nothing optimised
+    assert [matched_control(r) for r in ("mem3", "mem5", "em", "mem3+strip", "mem3-cluster", "cluster-trigger-only")] == \
+        ["random-words", "random-words", "random", "random", "random-words-cluster", "random-words-cluster"]
