@@ -108,10 +108,6 @@ ROWS = {
     "clean+grayscale": ("clean", "grayscale", "control: clean data trained in grayscale"),
 }
 
-# protected sets that derived training sets take their images or captions from
-DERIVED_FROM = {"mem3": {"mem3-trigger-only", "mem3-noise-only"},
-                "mem3-cluster": {"mem3-cluster-trigger-only", "random-words-cluster"}}
-
 # the most telling rows first, so that a run cut short still answers the main question
 DEFAULT_ORDER = ["clean", "random-words", "mem3", "mem3+strip", "em", "random", "uc", "mem5", "mem3-cluster",
                  "mem3-global", "mem3-cn", "mem3-cn+strip", "trigger-only", "noise-only", "random-words-cluster", "cluster-trigger-only",
@@ -159,6 +155,16 @@ def group_random_words_captions(seed: int, trigger_len: int = 3):
             out.append(replacement[trigger] + " " + " ".join(words[trigger_len:]))
         return out
     return edit
+
+
+# derived training sets: name -> (work dir under derived/, images from, captions from, caption edit(seed) or None)
+DERIVED = {
+    "random-words": ("random-words", "clean", "clean", random_words_captions),
+    "mem3-trigger-only": ("trigger-only", "clean", "mem3", None),
+    "mem3-noise-only": ("noise-only", "mem3", "clean", None),
+    "mem3-cluster-trigger-only": ("cluster-trigger-only", "clean", "mem3-cluster", None),
+    "random-words-cluster": ("random-words-cluster", "clean", "mem3-cluster", group_random_words_captions),
+}
 
 
 def merge(parts: list[Path], out: Path) -> int:
@@ -229,33 +235,24 @@ def main() -> int:
     sets: dict[str, str] = {"clean": clean}
     protection: dict[str, dict] = {}
     needed = {ROWS[r][0] for r in rows}
+    needed |= {source for name in needed & set(DERIVED) for source in DERIVED[name][1:3]}
     for name, overrides in VARIANTS.items():
-        if name in needed or needed & DERIVED_FROM.get(name, set()):
+        if name in needed:
             out = work / ("protected" + args.tag.replace("@", "_")) / name
             record = protect(clean, str(out), base.with_overrides(**overrides), "png", device=args.device,
                              show_progress=False)
-            info = summarize(str(out), clean, grid_path=str(results_dir / f"grid_{name}{'_photo' if photo else ''}.png") if name == "mem3" and not args.tag else None)
+            sets[name] = str(out)
             if record["shards_written"] == 0:  # already protected by an earlier run: keep that run's record
-                sets[name] = str(out)
                 continue
+            info = summarize(str(out), clean, grid_path=str(results_dir / f"grid_{name}{'_photo' if photo else ''}.png") if name == "mem3" and not args.tag else None)
             protection[name] = {"config": record["config"], "seconds": record["seconds"],
                                 "max_delta": info["max_delta"], "psnr": info["psnr_mean"], "ssim": info["ssim_mean"],
                                 "distinct_triggers": info["distinct_triggers"], "unit_logs": [u["log"] for u in record["units"]]}
-            sets[name] = str(out)
             print(f"protected {name}: {protection[name]['seconds']}s max|d|={info['max_delta']} psnr={info['psnr_mean']}", flush=True)
-    if "random-words" in needed:
-        sets["random-words"] = derive("random-words", clean, clean, work / "derived" / "random-words",
-                                      random_words_captions(args.seed))
-    if "mem3-trigger-only" in needed:
-        sets["mem3-trigger-only"] = derive("trigger-only", clean, sets["mem3"], work / "derived" / "trigger-only")
-    if "mem3-cluster-trigger-only" in needed:
-        sets["mem3-cluster-trigger-only"] = derive("cluster-trigger-only", clean, sets["mem3-cluster"],
-                                                   work / "derived" / "cluster-trigger-only")
-    if "random-words-cluster" in needed:
-        sets["random-words-cluster"] = derive("random-words-cluster", clean, sets["mem3-cluster"],
-                                              work / "derived" / "random-words-cluster", group_random_words_captions(args.seed))
-    if "mem3-noise-only" in needed:
-        sets["mem3-noise-only"] = derive("noise-only", sets["mem3"], clean, work / "derived" / "noise-only")
+    for name, (folder, images_from, captions_from, edit) in DERIVED.items():
+        if name in needed:
+            sets[name] = derive(folder, sets[images_from], sets[captions_from], work / "derived" / folder,
+                                edit(args.seed) if edit else None)
 
     results = {"meta": {"device": args.device, "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
                         "host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
