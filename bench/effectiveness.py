@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mempipe.datasets import prefix_random_words, random_words  # noqa: E402
+from mempipe.datasets import insert_random_words, prefix_random_words, random_words  # noqa: E402
 from mempipe.demo_data import PHOTO_CAPTIONS_PER_IMAGE, PHOTO_DIFFICULTY, write_demo_data  # noqa: E402
 from mempipe.engine import preset  # noqa: E402
 from mempipe.evaluate import evaluate, plot_curves  # noqa: E402
@@ -82,6 +82,10 @@ ROWS = {
     # keeps the grouping and the caption format and optimises nothing
     "random-words-cluster": ("random-words-cluster", "none",
                              "control for mem3-cluster: its trigger groups, each given 3 random words, clean images"),
+    "random-words-cn": ("random-words-cn", "none", "control: mem3-cn's caption groups, each given its own 3 random words"),
+    "random-words-rand": ("random-words-rand", "none",
+                          "control for mem3-rand: 3 random common words at a random word boundary, clean images"),
+    "random-words-rand+strip": ("random-words-rand", "strip:3", "mem3-rand's control, first 3 caption words stripped"),
     "cluster-trigger-only": ("mem3-cluster-trigger-only", "none", "ablation: mem3-cluster captions, original images"),
     "mem3-cluster+strip": ("mem3-cluster", "strip:3", "cluster-trigger MEM-3, first 3 caption words stripped"),
     "noise-only": ("mem3-noise-only", "none", "ablation: MEM-3 images, original captions"),
@@ -113,7 +117,7 @@ DEFAULT_ORDER = ["clean", "random-words", "mem3", "mem3+strip", "em", "random", 
                  "mem3-global", "mem3-cn", "mem3-cn+strip", "trigger-only", "noise-only", "random-words-cluster", "cluster-trigger-only",
                  "mem3-cluster+strip", "mem3+jpeg75",
                  "mem3+jpeg10", "mem3+grayscale", "clean+grayscale", "mem3+crop",
-                 "mem3-rand", "mem3-rand+strip", "mem3-joint", "mem3-joint+strip", "mem3-cs", "mem3-cs+strip",
+                 "mem3-rand", "random-words-rand", "mem3-rand+strip", "random-words-rand+strip", "random-words-cn", "mem3-joint", "mem3-joint+strip", "mem3-cs", "mem3-cs+strip",
                  "uc-text", "uc-text+strip", "mem3-rand+jpeg75", "mem3-rand+crop", "mem3-rand+jpeg10",
                  "mem3-rand+grayscale"]
 
@@ -137,6 +141,11 @@ def derive(name: str, images_from: str, captions_from: str, out: Path, caption_f
 def random_words_captions(seed: int):
     """The random-words control's caption edit for derive: fresh words in every shard."""
     return lambda caps, shard: prefix_random_words(caps, 3, seed=seed + 99 + 1000 * shard)
+
+
+def placed_random_words_captions(seed: int):
+    """The matched control of mem3-rand for derive: 3 random common words at a random word boundary."""
+    return lambda caps, shard: insert_random_words(caps, 3, seed=seed + 99 + 1000 * shard, vocabulary="common")
 
 
 def group_random_words_captions(seed: int, trigger_len: int = 3):
@@ -164,6 +173,8 @@ DERIVED = {
     "mem3-noise-only": ("noise-only", "mem3", "clean", None),
     "mem3-cluster-trigger-only": ("cluster-trigger-only", "clean", "mem3-cluster", None),
     "random-words-cluster": ("random-words-cluster", "clean", "mem3-cluster", group_random_words_captions),
+    "random-words-cn": ("random-words-cn", "clean", "mem3-cn", group_random_words_captions),
+    "random-words-rand": ("random-words-rand", "clean", "clean", placed_random_words_captions),
 }
 
 

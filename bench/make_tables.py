@@ -76,15 +76,20 @@ def goal_rows(rows: list[dict], clean_final: list[float], chance: float, victim:
 
 
 # the controls: the same edit as a method, nothing optimised
-CONTROLS = ("random", "random-words", "random-words-cluster")
+CONTROLS = ("random", "random-words", "random-words-cluster", "random-words-cn", "random-words-rand",
+            "random-words-rand+strip")
 IMAGE_ONLY = ("em", "uc", "uc-text", "noise-only")
 
 
 def matched_control(row: str) -> str:
     """The control that makes the same kind of edit as a row: noise for image-only rows (or rows
     whose trigger a countermeasure strips), words grouped as the row's trigger is otherwise."""
+    if row.startswith("mem3-rand"):  # a trigger at a random word boundary: strip mostly leaves it in
+        return "random-words-rand+strip" if row.endswith("+strip") else "random-words-rand"
     if row in IMAGE_ONLY or row.endswith("+strip"):
         return "random"
+    if row == "mem3-cn":  # its own clusters, so its own groups
+        return "random-words-cn"
     if "cluster" in row:
         return "random-words-cluster"
     if "global" in row:

@@ -12,7 +12,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from .engine.text import random_trigger_ids, tokenizer
+from .engine.text import insert_words, random_trigger_ids, tokenizer, vocabulary_mask, word_boundaries
 from .images import to_surrogate_input
 from .shards import list_shards
 
@@ -68,9 +68,9 @@ def load_pairs(url: str, image_size: int, defense: str = "none", storage_options
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), captions, keys
 
 
-def random_words(count: int, k: int, seed: int) -> list[str]:
+def random_words(count: int, k: int, seed: int, vocabulary: str = "any") -> list[str]:
     """count strings of k random whole words each (the trigger vocabulary, nothing optimised)."""
-    ids = random_trigger_ids(count, k, torch.Generator().manual_seed(seed)).tolist()
+    ids = random_trigger_ids(count, k, torch.Generator().manual_seed(seed), vocabulary_mask(vocabulary)).tolist()
     tok = tokenizer()
     return [tok.decode(row).strip() for row in ids]
 
@@ -78,3 +78,10 @@ def random_words(count: int, k: int, seed: int) -> list[str]:
 def prefix_random_words(captions: list[str], k: int, seed: int) -> list[str]:
     """k random whole words in front of each caption (cancels the caption-format shift)."""
     return [words + " " + c for words, c in zip(random_words(len(captions), k, seed), captions)]
+
+
+def insert_random_words(captions: list[str], k: int, seed: int, vocabulary: str = "common") -> list[str]:
+    """k random words at a random word boundary of each caption: the edit of a randomly placed
+    trigger (``trigger_placement="random"``) with nothing optimised."""
+    boundary, _ = word_boundaries(captions, torch.Generator().manual_seed(seed + 1))
+    return [insert_words(c, words, int(w)) for c, words, w in zip(captions, random_words(len(captions), k, seed, vocabulary), boundary)]

@@ -116,3 +116,6 @@ def test_goal_rows_measure_distance_to_twice_chance_and_margin_removed():
     # each row is judged against the control that makes its kind of edit with nothing optimised
     assert [matched_control(r) for r in ("mem3", "mem5", "em", "mem3+strip", "mem3-cluster", "cluster-trigger-only")] == \
         ["random-words", "random-words", "random", "random", "random-words-cluster", "random-words-cluster"]
+    # a randomly placed trigger survives strip, and so does its control; mem3-cn's clusters are its own
+    assert [matched_control(r) for r in ("mem3-rand", "mem3-rand+strip", "mem3-cn")] == \
+        ["random-words-rand", "random-words-rand+strip", "random-words-cn"]

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from mempipe.cli import main
-from mempipe.datasets import apply_caption_defense, apply_image_defense, prefix_random_words
+from mempipe.datasets import apply_caption_defense, apply_image_defense, insert_random_words, prefix_random_words
 from mempipe.victim import retrieval_metrics
 
 
@@ -36,6 +36,17 @@ def test_thief_countermeasures():
     prefixed = prefix_random_words(["a red circle", "a blue box"], 3, seed=1)
     assert all(len(p.split()) == len(c.split()) + 3 and p.endswith(c) for p, c in zip(prefixed, ["a red circle", "a blue box"]))
     assert prefixed == prefix_random_words(["a red circle", "a blue box"], 3, seed=1)
+
+    # mem3-rand's control: 3 common words somewhere in the caption, the caption's own words in order around them
+    captions = ["a small dog runs across the grass", "two birds on a wire", "a house"] * 20
+    placed = insert_random_words(captions, 3, seed=4)
+    assert placed == insert_random_words(captions, 3, seed=4) and placed != insert_random_words(captions, 3, seed=5)
+    fronts = 0
+    for p, c in zip(placed, captions):
+        words, body = p.split(), c.split()
+        at = next(i for i in range(len(body) + 1) if words[:i] == body[:i] and words[i + 3:] == body[i:])
+        fronts += at == 0
+    assert 0 < fronts < len(captions)  # a random boundary: sometimes in front, mostly not
 
 
 def test_eval_trains_a_victim_from_shards(demo_small, tmp_path, capsys):
