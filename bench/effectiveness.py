@@ -86,6 +86,7 @@ ROWS = {
     "random-words-rand": ("random-words-rand", "none",
                           "control for mem3-rand: 3 random common words at a random word boundary, clean images"),
     "random-words-rand+strip": ("random-words-rand", "strip:3", "mem3-rand's control, first 3 caption words stripped"),
+    "random-words-global": ("random-words-global", "none", "control for mem3-global: one random triple before every caption"),
     "cluster-trigger-only": ("mem3-cluster-trigger-only", "none", "ablation: mem3-cluster captions, original images"),
     "mem3-cluster+strip": ("mem3-cluster", "strip:3", "cluster-trigger MEM-3, first 3 caption words stripped"),
     "noise-only": ("mem3-noise-only", "none", "ablation: MEM-3 images, original captions"),
@@ -117,7 +118,7 @@ DEFAULT_ORDER = ["clean", "random-words", "mem3", "mem3+strip", "em", "random", 
                  "mem3-global", "mem3-cn", "mem3-cn+strip", "trigger-only", "noise-only", "random-words-cluster", "cluster-trigger-only",
                  "mem3-cluster+strip", "mem3+jpeg75",
                  "mem3+jpeg10", "mem3+grayscale", "clean+grayscale", "mem3+crop",
-                 "mem3-rand", "random-words-rand", "mem3-rand+strip", "random-words-rand+strip", "random-words-cn", "mem3-joint", "mem3-joint+strip", "mem3-cs", "mem3-cs+strip",
+                 "mem3-rand", "random-words-rand", "mem3-rand+strip", "random-words-rand+strip", "random-words-cn", "random-words-global", "mem3-joint", "mem3-joint+strip", "mem3-cs", "mem3-cs+strip",
                  "uc-text", "uc-text+strip", "mem3-rand+jpeg75", "mem3-rand+crop", "mem3-rand+jpeg10",
                  "mem3-rand+grayscale"]
 
@@ -148,6 +149,12 @@ def placed_random_words_captions(seed: int):
     return lambda caps, shard: insert_random_words(caps, 3, seed=seed + 99 + 1000 * shard, vocabulary="common")
 
 
+def global_random_words_captions(seed: int):
+    """The matched control of mem3-global for derive: one random triple in front of every caption."""
+    words = random_words(1, 3, seed=seed + 55)[0]
+    return lambda caps, shard: [words + " " + c for c in caps]
+
+
 def group_random_words_captions(seed: int, trigger_len: int = 3):
     """The matched control of a shared-trigger set, for derive on its captions: each distinct trigger
     (the first trigger_len words) becomes k random words, the same for every caption that shared it,
@@ -175,6 +182,7 @@ DERIVED = {
     "random-words-cluster": ("random-words-cluster", "clean", "mem3-cluster", group_random_words_captions),
     "random-words-cn": ("random-words-cn", "clean", "mem3-cn", group_random_words_captions),
     "random-words-rand": ("random-words-rand", "clean", "clean", placed_random_words_captions),
+    "random-words-global": ("random-words-global", "clean", "clean", global_random_words_captions),
 }
 
 

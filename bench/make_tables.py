@@ -77,7 +77,7 @@ def goal_rows(rows: list[dict], clean_final: list[float], chance: float, victim:
 
 # the controls: the same edit as a method, nothing optimised
 CONTROLS = ("random", "random-words", "random-words-cluster", "random-words-cn", "random-words-rand",
-            "random-words-rand+strip")
+            "random-words-rand+strip", "random-words-global")
 IMAGE_ONLY = ("em", "uc", "uc-text", "noise-only")
 
 
@@ -93,7 +93,7 @@ def matched_control(row: str) -> str:
     if "cluster" in row:
         return "random-words-cluster"
     if "global" in row:
-        return "random-words-global"    # one shared random triple: not built
+        return "random-words-global"
     return "random-words"
 
 

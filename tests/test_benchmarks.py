@@ -95,6 +95,11 @@ def test_group_control_keeps_each_trigger_group_and_draws_it_new_words():
     assert not {"aa bb cc", "dd ee ff"} & set(prefix)
     assert [c.split()[3:] for c in first + second] == [s.split() for s in
                                                        ("a dog", "two cats", "one bird", "a fish", "a tree")]
+    # the global trigger's control: one triple, the same in front of every caption of every shard
+    from effectiveness import global_random_words_captions
+    glob = global_random_words_captions(seed=0)
+    fronts = {" ".join(c.split()[:3]) for c in glob(["a dog", "two cats"], 0) + glob(["a fish"], 5)}
+    assert len(fronts) == 1 and glob(["a dog"], 0)[0].endswith(" a dog")
 
 
 def test_goal_rows_measure_distance_to_twice_chance_and_margin_removed():
