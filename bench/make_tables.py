@@ -77,7 +77,7 @@ def goal_rows(rows: list[dict], clean_final: list[float], chance: float, victim:
 
 # the controls: the same edit as a method, nothing optimised
 CONTROLS = ("random", "random-words", "random-words-cluster", "random-words-cn", "random-words-rand",
-            "random-words-rand+strip", "random-words-global")
+            "random-words-rand+strip", "random-words-global", "clean+grayscale")
 IMAGE_ONLY = ("em", "uc", "uc-text", "noise-only")
 
 
