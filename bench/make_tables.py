@@ -81,20 +81,21 @@ CONTROLS = ("random", "random-words", "random-words-cluster", "random-words-cn",
 IMAGE_ONLY = ("em", "uc", "uc-text", "noise-only")
 
 
+# a method's caption edit -> the control that makes it with nothing optimised (else: per-caption random words)
+CAPTION_CONTROL = {"mem3-cluster": "random-words-cluster", "cluster-trigger-only": "random-words-cluster",
+                   "mem3-cn": "random-words-cn",  # its own clusters, so its own groups
+                   "mem3-global": "random-words-global", "mem3-rand": "random-words-rand"}
+STRIP_SURVIVES = {"mem3-rand"}  # a trigger at a random word boundary: strip mostly leaves it in
+
+
 def matched_control(row: str) -> str:
     """The control that makes the same kind of edit as a row: noise for image-only rows (or rows
-    whose trigger a countermeasure strips), words grouped as the row's trigger is otherwise."""
-    if row.startswith("mem3-rand"):  # a trigger at a random word boundary: strip mostly leaves it in
-        return "random-words-rand+strip" if row.endswith("+strip") else "random-words-rand"
-    if row in IMAGE_ONLY or row.endswith("+strip"):
+    whose trigger a countermeasure strips), words grouped and placed as the row's trigger otherwise."""
+    method, _, defense = row.partition("+")
+    if method in IMAGE_ONLY or (defense.startswith("strip") and method not in STRIP_SURVIVES):
         return "random"
-    if row == "mem3-cn":  # its own clusters, so its own groups
-        return "random-words-cn"
-    if "cluster" in row:
-        return "random-words-cluster"
-    if "global" in row:
-        return "random-words-global"
-    return "random-words"
+    control = CAPTION_CONTROL.get(method, "random-words")
+    return f"{control}+{defense}" if defense.startswith("strip") else control
 
 
 def goal_table(name: str = "effectiveness_photo", victim: str = "tiny-resnet") -> str:
