@@ -57,6 +57,10 @@ VARIANTS = {
     "mem3-joint": dict(method="mem", trigger_len=3, trigger_scope="sample", pgd_objective="joint"),
     "mem3-rand": dict(method="mem", trigger_len=3, trigger_scope="sample", trigger_placement="random",
                       trigger_vocab="common"),
+    # issue 13, deliverable 5: a model-free, not eps-bounded shortcut (CUDA-style random blur per
+    # cluster); epsilon 127 only keeps the change within int8, and its cost is read as PSNR/SSIM
+    "conv": dict(method="conv", noise_scope="cluster", epsilon=127),
+    "conv-sample": dict(method="conv", noise_scope="sample", epsilon=127),
     # issue 14: one surrogate per run vs one per unit, at a unit size where a run has several units
     "mem3-u250": dict(method="mem", trigger_len=3, trigger_scope="sample", unit_size=250),
     "mem3-shared": dict(method="mem", trigger_len=3, trigger_scope="sample", unit_size=250, surrogate="shared"),
@@ -109,6 +113,8 @@ ROWS = {
     "mem3-rand+grayscale": ("mem3-rand", "grayscale", "random-placement MEM-3, grayscale"),
     "mem3-u250": ("mem3-u250", "none", "MEM-3, units of 250, each with its own surrogate (per-unit)"),
     "mem3-shared": ("mem3-shared", "none", "MEM-3, units of 250, one shared surrogate for the run (frozen in units)"),
+    "conv": ("conv", "none", "baseline: CUDA-style random blur filter per cluster, model-free, not eps-bounded"),
+    "conv-sample": ("conv-sample", "none", "control for conv: a random blur filter per image, no grouping"),
     # the countermeasure's own cost on clean data: what a row under a countermeasure is compared with
     "clean+grayscale": ("clean", "grayscale", "control: clean data trained in grayscale"),
 }
@@ -120,7 +126,7 @@ DEFAULT_ORDER = ["clean", "random-words", "mem3", "mem3+strip", "em", "random", 
                  "mem3+jpeg10", "mem3+grayscale", "clean+grayscale", "mem3+crop",
                  "mem3-rand", "random-words-rand", "mem3-rand+strip", "random-words-rand+strip", "random-words-cn", "random-words-global", "mem3-joint", "mem3-joint+strip", "mem3-cs", "mem3-cs+strip",
                  "uc-text", "uc-text+strip", "mem3-rand+jpeg75", "mem3-rand+crop", "mem3-rand+jpeg10",
-                 "mem3-rand+grayscale"]
+                 "mem3-rand+grayscale", "conv", "conv-sample"]
 
 
 def derive(name: str, images_from: str, captions_from: str, out: Path, caption_fn=None) -> str:

@@ -77,8 +77,10 @@ def goal_rows(rows: list[dict], clean_final: list[float], chance: float, victim:
 
 # the controls: the same edit as a method, nothing optimised
 CONTROLS = ("random", "random-words", "random-words-cluster", "random-words-cn", "random-words-rand",
-            "random-words-rand+strip", "random-words-global", "clean+grayscale")
+            "random-words-rand+strip", "random-words-global", "clean+grayscale", "conv-sample")
 IMAGE_ONLY = ("em", "uc", "uc-text", "noise-only")
+# an image edit that is not eps-bounded: its control makes the same edit without the grouping
+IMAGE_CONTROL = {"conv": "conv-sample"}
 
 
 # a method's caption edit -> the control that makes it with nothing optimised (else: per-caption random words)
@@ -92,6 +94,8 @@ def matched_control(row: str) -> str:
     """The control that makes the same kind of edit as a row: noise for image-only rows (or rows
     whose trigger a countermeasure strips), words grouped and placed as the row's trigger otherwise."""
     method, _, defense = row.partition("+")
+    if method in IMAGE_CONTROL:
+        return IMAGE_CONTROL[method] + (f"+{defense}" if defense else "")
     if method in IMAGE_ONLY or (defense.startswith("strip") and method not in STRIP_SURVIVES):
         return "random"
     control = CAPTION_CONTROL.get(method, "random-words")

@@ -219,7 +219,7 @@ def protect(input_url: str, output_url: str, cfg: MEMConfig, image_format: str =
 
             def on_round(entry: dict) -> None:
                 rounds.update(1)
-                rounds.set_postfix(surrogate=f"{entry['surrogate_loss']:.3f}", pgd=f"{entry['pgd_loss_last']:.3f}")
+                rounds.set_postfix(surrogate=f"{entry['surrogate_loss']:.3f}", pgd=f"{entry.get('pgd_loss_last', float('nan')):.3f}")
 
             outputs, summary = run_unit(chunk, cfg, fmt, unit_id, device, on_round, surrogate=surrogate)
             rounds.close()

@@ -124,3 +124,5 @@ def test_goal_rows_measure_distance_to_twice_chance_and_margin_removed():
     # a randomly placed trigger survives strip, and so does its control; mem3-cn's clusters are its own
     assert [matched_control(r) for r in ("mem3-rand", "mem3-rand+strip", "mem3-cn")] == \
         ["random-words-rand", "random-words-rand+strip", "random-words-cn"]
+    # a blur per cluster is judged against the same blur per image (no grouping), not against noise
+    assert [matched_control(r) for r in ("conv", "conv+jpeg75")] == ["conv-sample", "conv-sample+jpeg75"]

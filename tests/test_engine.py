@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from mempipe.demo_data import make_sample
 from mempipe.engine import MEMConfig, preset, protect_unit
 from mempipe.engine import mem
+from mempipe.engine.convolution import convolution_noise, random_filters
 from mempipe.engine.hotflip import hotflip_batch
 from mempipe.engine.losses import clip_loss, group_swap_losses
 from mempipe.engine.surrogate import build_model, save_checkpoint
@@ -353,3 +354,39 @@ def test_a_unit_starts_from_the_shared_surrogate_without_changing_it():
     frozen = protect_unit(images, captions, cfg.with_overrides(train_steps=0), surrogate=shared)
     fresh = protect_unit(images, captions, cfg.with_overrides(train_steps=0, surrogate="per-unit"))
     assert frozen.log[0]["pgd_loss_first"] != fresh.log[0]["pgd_loss_first"]
+
+
+def test_convolution_noise_blurs_each_group_with_its_own_filter():
+    images, _ = demo(12)
+    groups = torch.tensor([0, 1, 2] * 4)
+    noise = convolution_noise(images, groups, 3, 0.3, 127, torch.Generator().manual_seed(3))
+    filters = random_filters(3, 3, 0.3, torch.Generator().manual_seed(3))   # the same draw
+    assert torch.allclose(filters.sum(dim=(-2, -1)), torch.ones(3, 3, 1))
+    padded = torch.nn.functional.pad(images.float(), (1, 1, 1, 1), mode="reflect")
+    for i, g in enumerate(groups.tolist()):
+        expected = torch.nn.functional.conv2d(padded[i:i + 1], filters[g], groups=3).round().clamp(0, 255)
+        assert torch.equal(images[i].float() + noise[i].float(), expected[0])
+    # a blur: flat images are left alone, and the images lose edge energy (per image up to rounding)
+    flat = torch.full((2, 3, 16, 16), 90, dtype=torch.uint8)
+    assert convolution_noise(flat, torch.tensor([0, 1]), 3, 0.3, 127, torch.Generator()).abs().max() == 0
+    blurred = images.float() + noise.float()
+    edges = lambda x: (x[..., 1:] - x[..., :-1]).abs().mean()  # noqa: E731
+    assert edges(blurred) < 0.97 * edges(images.float())
+    assert all(edges(blurred[i]) <= edges(images[i].float()) + 0.01 for i in range(12))
+    # the int8 clamp is the only bound
+    assert convolution_noise(images, groups, 3, 5.0, 4, torch.Generator()).abs().max() == 4
+
+
+def test_conv_method_shares_a_filter_per_cluster_and_is_not_eps_bounded():
+    images, captions = demo(32)
+    cfg = TINY.with_overrides(method="conv", noise_scope="cluster", epsilon=127)
+    out = protect_unit(images, captions, cfg)
+    assert out.trigger_ids.shape[1] == 0 and out.cluster_ids is not None and len(out.log) == cfg.outer_iters
+    assert out.noise.abs().max() > 32   # a blur moves edges by more than any eps budget here
+    # per image (the control): every image its own filter, so two images never share all 27 taps
+    sample = protect_unit(images, captions, cfg.with_overrides(noise_scope="sample"))
+    assert sample.cluster_ids is None and not torch.equal(sample.noise, out.noise)
+    with pytest.raises(ValueError, match="1..32"):
+        MEMConfig(method="em", epsilon=64)
+    with pytest.raises(ValueError, match="conv needs"):
+        MEMConfig(method="conv", noise_scope="cluster+sample")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-METHODS = ("mem", "em", "random", "uc")
+METHODS = ("mem", "em", "random", "uc", "conv")
 SCOPES = ("sample", "cluster", "global")
 NOISE_SCOPES = ("sample", "cluster", "cluster+sample")
 PLACEMENTS = ("front", "random")
@@ -36,6 +36,8 @@ class MEMConfig:
     trigger_placement: str = "front"   # front (the paper) | random: at a random word boundary
     trigger_vocab: str = "any"      # any | common | captions: which words a trigger may use
     pgd_objective: str = "trigger"  # trigger | joint: also minimise the loss with the trigger removed
+    conv_kernel: int = 3            # conv (CUDA-style): filter size
+    conv_blur: float = 0.3          # conv: off-centre taps uniform in [0, conv_blur] before normalising
     batch_size: int = 128
     lr: float = 5e-4
     weight_decay: float = 0.1
@@ -76,8 +78,13 @@ class MEMConfig:
             raise ValueError("unit_train_steps must be >= 0")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
-        if not 1 <= self.epsilon <= 32:
-            raise ValueError(f"epsilon must be in 1..32 pixel levels, got {self.epsilon}")
+        # conv is not eps-bounded (its cost is reported as PSNR/SSIM); epsilon only clamps it to int8 noise
+        max_epsilon = 127 if self.method == "conv" else 32
+        if not 1 <= self.epsilon <= max_epsilon:
+            raise ValueError(f"epsilon must be in 1..{max_epsilon} pixel levels for {self.method}, got {self.epsilon}")
+        if self.method == "conv" and (self.noise_scope == "cluster+sample" or self.conv_kernel % 2 == 0
+                                      or self.conv_kernel < 1 or self.conv_blur < 0):
+            raise ValueError("conv needs noise scope sample or cluster, an odd kernel and conv_blur >= 0")
         if not 1 <= self.alpha <= self.epsilon:
             raise ValueError(f"alpha must be in 1..epsilon levels, got {self.alpha}")
         if self.pgd_batch_size < 0 or self.batch_size < 1 or self.candidate_chunk < 1:

@@ -6,7 +6,8 @@ Each round: train the surrogate on the protected pairs (AdamW), search the trigg
 with HotFlip (first ``hotflip_iters`` rounds), then run PGD *descent* on the noise with
 the captions shuffled inside the batch while every image keeps its own trigger.
 ``em`` is the same loop with no trigger; ``uc`` is ``em`` with one noise pattern per
-cluster; ``random`` is uniform noise in [-eps, eps].
+cluster; ``random`` is uniform noise in [-eps, eps]; ``conv`` blurs each cluster (or each
+image) with its own random filter, the surrogate serving only to find the clusters.
 
 Beyond the paper: the noise is a sum of parts (per sample, per cluster, or both, each with
 its own share of eps); the ``joint`` objective adds the loss against the caption without
@@ -27,6 +28,7 @@ import torch
 
 from .clusters import kmeans
 from .config import MEMConfig
+from .convolution import convolution_noise
 from .hotflip import hotflip_batch
 from .losses import clip_loss
 from .surrogate import ClipModel, build_model
@@ -273,6 +275,8 @@ def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, devi
     unit = _Unit(images, captions, cfg, device, generator)
     model = surrogate_for(cfg, device, unit, surrogate)
     opt = surrogate_optimizer(model, cfg, device)
+    if cfg.method == "conv":
+        return _convolution_unit(model, opt, unit, cfg, clusters, generator, device, progress, keep_model)
     centroids = None
     log: list[dict] = []
     for round_ in range(cfg.outer_iters):
@@ -293,6 +297,26 @@ def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, devi
     return UnitResult(unit.noise().cpu(), unit.trigger[unit.trigger_group].cpu(),
                       None if clusters is None else clusters.cpu(), centroids, log, unit.insert_word,
                       model if keep_model else None)
+
+
+def _convolution_unit(model: ClipModel, opt: torch.optim.Optimizer, unit: _Unit, cfg: MEMConfig,
+                      clusters: torch.Tensor | None, generator: torch.Generator, device: torch.device,
+                      progress: Callable[[dict], None] | None, keep_model: bool) -> UnitResult:
+    """conv: as much surrogate training on the clean pairs as the optimised methods get, used only
+    for the cluster features; the noise is the filters' doing, nothing is optimised against a model."""
+    log: list[dict] = []
+    for round_ in range(cfg.outer_iters):
+        log.append({"round": round_, "surrogate_loss": _train_surrogate(model, opt, unit, cfg, generator, device)})
+        if progress:
+            progress(log[-1])
+    n, centroids = len(unit.images), None
+    if cfg.effective_noise_scope == "cluster" and clusters is None:
+        clusters, centroids = kmeans(unit_features(model, unit, cfg.cluster_features, cfg.batch_size),
+                                     cfg.clusters, cfg.seed)
+    groups = clusters if cfg.effective_noise_scope == "cluster" else torch.arange(n)
+    noise = convolution_noise(unit.images.cpu(), groups.cpu(), cfg.conv_kernel, cfg.conv_blur, cfg.epsilon, generator)
+    return UnitResult(noise, torch.zeros(n, 0, dtype=torch.long), None if clusters is None else clusters.cpu(),
+                      centroids, log, model=model if keep_model else None)
 
 
 def train_shared_surrogate(images: torch.Tensor, captions: list[str], cfg: MEMConfig,
