@@ -28,7 +28,7 @@ if [ "${1:-}" = flickr8k ]; then
 fi
 if [ "${1:-}" = photo ]; then
   timeout ${PHOTO_TIMEOUT:-540} python3 bench/effectiveness.py --style photo --device cuda \
-    --rows "${PHOTO_ROWS:-clean,mem3-cs,mem3-cs+strip,uc-text,uc-text+strip}" \
+    --rows "${PHOTO_ROWS:-clean,mem3-cs,mem3-cs+strip,uc-text+strip}" \
     --victims "${PHOTO_VICTIMS:-tiny-resnet}" --work /tmp/work_photo --out "$OUT/effectiveness_photo_gpu.json" > "$OUT/log_photo.txt" 2>&1
   grep -v Warn "$OUT/log_photo.txt" | tail -14
   exit 0
