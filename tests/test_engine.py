@@ -383,7 +383,7 @@ def test_conv_method_shares_a_filter_per_cluster_and_is_not_eps_bounded():
     out = protect_unit(images, captions, cfg)
     assert out.trigger_ids.shape[1] == 0 and out.cluster_ids is not None and len(out.log) == cfg.outer_iters
     assert out.noise.abs().max() > 32   # a blur moves edges by more than any eps budget here
-    # per image (the control): every image its own filter, so two images never share all 27 taps
+    # per image (the control): every image its own filter, so the noise is not the clustered one
     sample = protect_unit(images, captions, cfg.with_overrides(noise_scope="sample"))
     assert sample.cluster_ids is None and not torch.equal(sample.noise, out.noise)
     with pytest.raises(ValueError, match="1..32"):

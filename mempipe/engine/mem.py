@@ -283,9 +283,7 @@ def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, devi
         entry: dict = {"round": round_, "surrogate_loss": _train_surrogate(model, opt, unit, cfg, generator, device)}
         if round_ == 0:
             # groups are fixed once the surrogate has seen the clean data once
-            if cfg.needs_clusters() and clusters is None:
-                clusters, centroids = kmeans(unit_features(model, unit, cfg.cluster_features, cfg.batch_size),
-                                             cfg.clusters, cfg.seed)
+            clusters, centroids = _clusters(model, unit, cfg, clusters)
             unit.set_groups(clusters, generator, fixed_trigger)
         if cfg.uses_trigger and round_ < cfg.hotflip_iters and fixed_trigger is None:
             entry["hotflip_loss_before"], entry["hotflip_loss_after"] = _hotflip_round(model, unit, cfg, generator)
@@ -299,6 +297,15 @@ def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, devi
                       model if keep_model else None)
 
 
+def _clusters(model: ClipModel, unit: _Unit, cfg: MEMConfig,
+              given: torch.Tensor | None) -> tuple[torch.Tensor | None, np.ndarray | None]:
+    """The unit's class-agnostic clusters when the config needs them: the caller's, or k-means on
+    the surrogate's features of the clean pairs (ids and centroids)."""
+    if not cfg.needs_clusters() or given is not None:
+        return given, None
+    return kmeans(unit_features(model, unit, cfg.cluster_features, cfg.batch_size), cfg.clusters, cfg.seed)
+
+
 def _convolution_unit(model: ClipModel, opt: torch.optim.Optimizer, unit: _Unit, cfg: MEMConfig,
                       clusters: torch.Tensor | None, generator: torch.Generator, device: torch.device,
                       progress: Callable[[dict], None] | None, keep_model: bool) -> UnitResult:
@@ -309,10 +316,8 @@ def _convolution_unit(model: ClipModel, opt: torch.optim.Optimizer, unit: _Unit,
         log.append({"round": round_, "surrogate_loss": _train_surrogate(model, opt, unit, cfg, generator, device)})
         if progress:
             progress(log[-1])
-    n, centroids = len(unit.images), None
-    if cfg.effective_noise_scope == "cluster" and clusters is None:
-        clusters, centroids = kmeans(unit_features(model, unit, cfg.cluster_features, cfg.batch_size),
-                                     cfg.clusters, cfg.seed)
+    n = len(unit.images)
+    clusters, centroids = _clusters(model, unit, cfg, clusters)
     groups = clusters if cfg.effective_noise_scope == "cluster" else torch.arange(n)
     noise = convolution_noise(unit.images.cpu(), groups.cpu(), cfg.conv_kernel, cfg.conv_blur, cfg.epsilon, generator)
     return UnitResult(noise, torch.zeros(n, 0, dtype=torch.long), None if clusters is None else clusters.cpu(),
