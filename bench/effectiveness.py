@@ -117,6 +117,8 @@ ROWS = {
     "conv-sample": ("conv-sample", "none", "control for conv: a random blur filter per image, no grouping"),
     # the countermeasure's own cost on clean data: what a row under a countermeasure is compared with
     "clean+grayscale": ("clean", "grayscale", "control: clean data trained in grayscale"),
+    # strip on a set with no trigger removes real caption words: an image-only row under strip is judged here
+    "clean+strip": ("clean", "strip:3", "control: clean data, first 3 caption words stripped"),
 }
 
 # the most telling rows first, so that a run cut short still answers the main question
@@ -125,7 +127,7 @@ DEFAULT_ORDER = ["clean", "random-words", "mem3", "mem3+strip", "em", "random", 
                  "mem3-cluster+strip", "mem3+jpeg75",
                  "mem3+jpeg10", "mem3+grayscale", "clean+grayscale", "mem3+crop",
                  "mem3-rand", "random-words-rand", "mem3-rand+strip", "random-words-rand+strip", "random-words-cn", "random-words-global", "mem3-joint", "mem3-joint+strip", "mem3-cs", "mem3-cs+strip",
-                 "uc-text", "uc-text+strip", "mem3-rand+jpeg75", "mem3-rand+crop", "mem3-rand+jpeg10",
+                 "uc-text", "uc-text+strip", "clean+strip", "mem3-rand+jpeg75", "mem3-rand+crop", "mem3-rand+jpeg10",
                  "mem3-rand+grayscale", "conv", "conv-sample"]
 
 

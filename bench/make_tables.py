@@ -77,7 +77,7 @@ def goal_rows(rows: list[dict], clean_final: list[float], chance: float, victim:
 
 # the controls: the same edit as a method, nothing optimised
 CONTROLS = ("random", "random-words", "random-words-cluster", "random-words-cn", "random-words-rand",
-            "random-words-rand+strip", "random-words-global", "clean+grayscale", "conv-sample")
+            "random-words-rand+strip", "random-words-global", "clean+grayscale", "clean+strip", "conv-sample")
 IMAGE_ONLY = ("em", "uc", "uc-text", "noise-only")
 # an image edit that is not eps-bounded: its control makes the same edit without the grouping
 IMAGE_CONTROL = {"conv": "conv-sample"}
@@ -96,6 +96,8 @@ def matched_control(row: str) -> str:
     method, _, defense = row.partition("+")
     if method in IMAGE_CONTROL:
         return IMAGE_CONTROL[method] + (f"+{defense}" if defense else "")
+    if method in IMAGE_ONLY and defense.startswith("strip"):
+        return "clean+strip"  # no trigger to strip: the strip removes real caption words, as on clean data
     if method in IMAGE_ONLY or (defense.startswith("strip") and method not in STRIP_SURVIVES):
         return "random"
     control = CAPTION_CONTROL.get(method, "random-words")

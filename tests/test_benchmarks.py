@@ -126,3 +126,5 @@ def test_goal_rows_measure_distance_to_twice_chance_and_margin_removed():
         ["random-words-rand", "random-words-rand+strip", "random-words-cn"]
     # a blur per cluster is judged against the same blur per image (no grouping), not against noise
     assert [matched_control(r) for r in ("conv", "conv+jpeg75")] == ["conv-sample", "conv-sample+jpeg75"]
+    # with no trigger in the captions, strip cuts real words: the cost it has on clean data is the control
+    assert [matched_control(r) for r in ("uc-text+strip", "em+strip")] == ["clean+strip", "clean+strip"]
