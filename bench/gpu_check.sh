@@ -5,8 +5,9 @@
 #        compiled, and with larger PGD/HotFlip batches; peak memory; bf16 vs fp32 losses;
 #     2. the protection effect of the fast path: MEM-3 protected in bf16 vs fp32 (cpu-tiny protocol,
 #        tiny-resnet victim, 30 epochs), as bench/effectiveness.py rows.
-#   bash bench/gpu_check.sh photo   the photo-like regime (issue 13): the small-vit rows the CPU sessions have not
-#     measured (tiny-resnet has every method, control and MEM-3 countermeasure row), at the calibrated difficulty, as far as the time allows (PHOTO_ROWS / PHOTO_VICTIMS override;
+#   bash bench/gpu_check.sh photo   the photo-like regime (issue 13): the small-vit rows the CPU sessions have
+#     not measured (tiny-resnet has every method, control and MEM-3 countermeasure row), at the calibrated
+#     difficulty, as far as the time allows (PHOTO_ROWS / PHOTO_VICTIMS override;
 #     bench/results/effectiveness_photo_gpu.json, then join: bench/effectiveness.py --style photo --merge).
 #   bash bench/gpu_check.sh flickr8k RUN   RUN = clean or random-words: one calibration curve on the Flickr8K
 #     shape (8,000 images x 5 captions = 40,000 pairs, difficulty 0.3), the regime the CPU cannot train
