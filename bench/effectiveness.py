@@ -200,7 +200,10 @@ def merge(parts: list[Path], out: Path) -> int:
     for part in parts:
         data = json.loads(part.read_text())
         merged.setdefault("meta", {**data["meta"], "merged_from": [p.name for p in parts]})
-        merged["protection"].update(data["protection"])
+        # a set re-protected by a later run keeps the first record: it describes the bytes the earlier
+        # rows were trained on (the later run's record stays in its own partial file)
+        for name, record in data["protection"].items():
+            merged["protection"].setdefault(name, record)
         seen = {(r["row"], r["victim"]) for r in merged["rows"]}
         clash = [r["row"] for r in data["rows"] if (r["row"], r["victim"]) in seen]
         if clash:

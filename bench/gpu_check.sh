@@ -5,8 +5,8 @@
 #        compiled, and with larger PGD/HotFlip batches; peak memory; bf16 vs fp32 losses;
 #     2. the protection effect of the fast path: MEM-3 protected in bf16 vs fp32 (cpu-tiny protocol,
 #        tiny-resnet victim, 30 epochs), as bench/effectiveness.py rows.
-#   bash bench/gpu_check.sh photo   the photo-like regime (issue 13): the small-vit rows the CPU sessions have
-#     not measured (tiny-resnet has every method, control and MEM-3 countermeasure row), at the calibrated
+#   bash bench/gpu_check.sh photo   the photo-like regime (issue 13): the small-vit variant rows the CPU sessions have
+#     not measured (tiny-resnet has every row; small-vit its main method rows), at the calibrated
 #     difficulty, as far as the time allows (PHOTO_ROWS / PHOTO_VICTIMS override;
 #     bench/results/effectiveness_photo_gpu.json, then join: bench/effectiveness.py --style photo --merge).
 #   bash bench/gpu_check.sh flickr8k RUN   RUN = clean or random-words: one calibration curve on the Flickr8K
@@ -29,7 +29,7 @@ if [ "${1:-}" = flickr8k ]; then
 fi
 if [ "${1:-}" = photo ]; then
   timeout ${PHOTO_TIMEOUT:-540} python3 bench/effectiveness.py --style photo --device cuda \
-    --rows "${PHOTO_ROWS:-clean,trigger-only,noise-only,em,random,mem3-cs}" \
+    --rows "${PHOTO_ROWS:-mem3-cs,mem3-cn,mem3-rand,mem3-joint,uc-text}" \
     --victims "${PHOTO_VICTIMS:-small-vit}" --work /tmp/work_photo --out "$OUT/effectiveness_photo_gpu.json" > "$OUT/log_photo.txt" 2>&1
   grep -v Warn "$OUT/log_photo.txt" | tail -14
   exit 0

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -128,3 +130,26 @@ def test_goal_rows_measure_distance_to_twice_chance_and_margin_removed():
     assert [matched_control(r) for r in ("conv", "conv+jpeg75")] == ["conv-sample", "conv-sample+jpeg75"]
     # with no trigger in the captions, strip cuts real words: the cost it has on clean data is the control
     assert [matched_control(r) for r in ("uc-text+strip", "em+strip")] == ["clean+strip", "clean+strip"]
+
+
+def test_merge_joins_disjoint_rows_keeps_the_first_protection_record_and_refuses_a_clash(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from effectiveness import merge
+
+    def part(name, rows, psnr):
+        path = tmp_path / name
+        path.write_text(json.dumps({"meta": {"style": "photo"}, "protection": {"mem3": {"psnr": psnr}},
+                                    "rows": [{"row": r, "victim": v} for r, v in rows]}))
+        return path
+
+    first = part("a.json", [("mem3", "tiny-resnet")], 33.4)
+    second = part("b.json", [("mem3", "small-vit"), ("em", "small-vit")], 33.5)
+    out = tmp_path / "merged.json"
+    merge([first, second], out)
+    merged = json.loads(out.read_text())
+    assert [(r["row"], r["victim"]) for r in merged["rows"]] == [
+        ("mem3", "tiny-resnet"), ("mem3", "small-vit"), ("em", "small-vit")]
+    assert merged["protection"]["mem3"]["psnr"] == 33.4
+    assert merged["meta"]["merged_from"] == ["a.json", "b.json"]
+    with pytest.raises(SystemExit, match="already in an earlier file"):
+        merge([first, part("c.json", [("mem3", "tiny-resnet")], 33.6)], out)
