@@ -8,7 +8,11 @@ import sys
 import yaml
 
 from .engine.config import METHODS, NOISE_SCOPES, OBJECTIVES, PLACEMENTS, PRESETS, SCOPES, VOCABULARIES, preset
+from .retry import StorageError
 from .storage import parse_storage_options
+
+
+EXIT_SHARDS_FAILED = 3  # the run went on, but some shards could not be protected (retry them by rerunning)
 
 
 def _epsilon(text: str) -> int:
@@ -57,6 +61,15 @@ def add_protect_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: OUTPUT_mempipe_record beside the output; never publish it)")
     p.add_argument("--provenance", choices=("public", "full"), default="public",
                    help="public: shards carry only method, epsilon, version and run id; full: everything (research)")
+    p.add_argument("--break-lock", action="store_true",
+                   help="remove the output's lock left by a run that is gone (a lock of a dead process on this host "
+                        "is taken over without it)")
+    p.add_argument("--max-member-mb", type=float, default=None,
+                   help="largest tar member accepted, in MiB (default 64); larger ones are recorded as failed")
+    p.add_argument("--max-shard-mb", type=float, default=None,
+                   help="member bytes held for one shard, in MiB (default 4096)")
+    p.add_argument("--max-shard-megapixels", type=float, default=None,
+                   help="decoded pixels for one shard, in millions (default 2000); images past it are recorded as failed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="Ray's own logs, operator tables and worker output")
 
@@ -140,16 +153,19 @@ def engine_config(args: argparse.Namespace):
 def _protect(args: argparse.Namespace) -> int:
     from .images import ImageFormat
     from .protect import check_paths, protect
+    from .shards import ReadLimits
 
     cfg = engine_config(args)
     ImageFormat.parse(args.image_format)
-    check_paths(args.input, args.output)
+    check_paths(args.input, args.output, args.record)
     options = parse_storage_options(args.storage_options)
+    limits = ReadLimits.from_megabytes(args.max_member_mb, args.max_shard_mb, args.max_shard_megapixels)
     if args.no_ray:
         if args.partition == "cluster":
             raise ValueError("--partition cluster runs on Ray; drop --no-ray")
         record = protect(args.input, args.output, cfg, args.image_format, options, device=args.device,
-                         show_progress=not args.quiet, record_url=args.record, provenance=args.provenance)
+                         show_progress=not args.quiet, record_url=args.record, provenance=args.provenance,
+                         limits=limits, break_lock=args.break_lock)
     else:
         from .pipeline import run_pipeline
 
@@ -157,13 +173,21 @@ def _protect(args: argparse.Namespace) -> int:
             raise ValueError("--num-actors must be at least 1")
         record = run_pipeline(args.input, args.output, cfg, args.image_format, options, args.partition,
                               args.num_actors, args.gpus_per_actor, args.ray_address, record_url=args.record,
-                              provenance=args.provenance, show_progress=not args.quiet, verbose=args.verbose)
+                              provenance=args.provenance, show_progress=not args.quiet, verbose=args.verbose,
+                              limits=limits, break_lock=args.break_lock)
+    failed_shards = record.get("shards_failed") or []
     if not args.quiet:
         print(f"protected {record['samples_protected']} samples, {record['samples_failed']} failed (reasons in the "
               f"parquet files), {record['shards_written']} shard(s) written in {record['seconds']} s -> {record['output']}\n"
               f"private record (triggers, clusters; do not publish): {record['record']}", file=sys.stderr)
-    print(json.dumps({k: record[k] for k in ("output", "shards_written", "samples_protected", "samples_failed", "seconds")}))
-    return 0
+    for failure in failed_shards:
+        print(f"mempipe: shard {failure['shard']} failed ({failure['stage']}): {failure['reason']}", file=sys.stderr)
+    if failed_shards:
+        print(f"mempipe: {len(failed_shards)} shard(s) failed and have no stats file; run the same command again "
+              "to retry them", file=sys.stderr)
+    print(json.dumps({**{k: record[k] for k in ("output", "shards_written", "samples_protected", "samples_failed",
+                                                 "seconds")}, "shards_failed": len(failed_shards)}))
+    return EXIT_SHARDS_FAILED if failed_shards else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             from .inspect_output import main_inspect
 
             return main_inspect(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, StorageError) as exc:
         print(f"mempipe: error: {exc}", file=sys.stderr)
         return 2
     return 2

@@ -11,7 +11,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 MIN_SIDE = 8  # smaller images cannot carry a meaningful pattern; recorded as failed
@@ -22,11 +22,19 @@ class ImageError(ValueError):
     """An image that cannot be protected; the message is the failure record."""
 
 
-def decode_rgb(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str]:
-    """Decode bytes to an HxWx3 uint8 RGB array; also return the source mode.
+def _high_depth_to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit (``I;16*``) and 32-bit integer (``I``) grayscale scaled to 0..255, not clipped:
+    a plain ``convert`` clips every value above 255 to white."""
+    values = np.asarray(image).astype(np.float64)
+    top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+    return Image.fromarray(np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8), mode="L")
 
-    Grayscale, palette, CMYK and alpha images are converted (alpha is composited on
-    white, which is what a viewer shows). Decompression bombs and truncated files fail.
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, str]:
+    """Decode bytes to an RGB Pillow image as a viewer shows it; also return the source mode.
+
+    EXIF orientation is applied; grayscale, palette, CMYK, 16-bit and alpha images are converted
+    (alpha is composited on white). Decompression bombs, truncated and tiny images fail.
     """
     try:
         with warnings.catch_warnings():
@@ -36,6 +44,7 @@ def decode_rgb(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, s
             if width * height > max_pixels:
                 raise ImageError(f"image too large: {width}x{height} exceeds {max_pixels} pixels (decompression bomb limit)")
             image.load()
+            image = ImageOps.exif_transpose(image)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -45,11 +54,30 @@ def decode_rgb(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, s
     if min(width, height) < MIN_SIDE:
         raise ImageError(f"image too small: {width}x{height} (minimum side {MIN_SIDE} px)")
     mode = image.mode
+    if mode.startswith("I"):
+        image = _high_depth_to_8bit(image)
+    elif mode == "F":
+        raise ImageError("floating-point images are not supported")
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy(), mode
+    return image.convert("RGB"), mode
+
+
+def decode_rgb(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str]:
+    """Decode bytes to an HxWx3 uint8 RGB array (see :func:`decode_image`); also the source mode."""
+    image, mode = decode_image(data, max_pixels)
+    return np.asarray(image, dtype=np.uint8).copy(), mode
+
+
+def image_pixels(data: bytes) -> int:
+    """Width x height from the header alone (no decoding); 0 when the header is unreadable."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size[0] * image.size[1]
+    except Exception:
+        return 0
 
 
 @dataclass(frozen=True)

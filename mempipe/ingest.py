@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps
+from PIL import Image
 
-from .images import ImageError, decode_rgb
+from .images import ImageError, decode_image
 from .shards import ShardOutput, shard_done, write_shard
 from .storage import filesystem, join
 
@@ -166,13 +166,8 @@ def load_image(url: str, max_size: int, storage_options: dict | None) -> tuple[b
             data = f.read()
     except (FileNotFoundError, IsADirectoryError):
         raise ImageError(f"missing image: {url}") from None
-    decode_rgb(data)      # the shared checks: decodable, not a decompression bomb, not tiny
-    image = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))   # as a viewer shows it
+    image, _ = decode_image(data)   # the shared decoding: checked, EXIF-rotated, RGB as a viewer shows it
     original = image.size
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")      # transparent parts on white, as decode_rgb does
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    image = image.convert("RGB")
     if max(image.size) > max_size:
         image.thumbnail((max_size, max_size), Image.LANCZOS)
     buf = io.BytesIO()

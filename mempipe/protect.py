@@ -22,21 +22,31 @@ from .engine import MEMConfig, protect_unit
 from .engine.mem import train_shared_surrogate, unit_config
 from .engine.surrogate import ClipModel, build_model
 from .engine.text import decode_trigger, insert_words
-from .images import ImageError, ImageFormat, apply_noise_native, decode_rgb, encode, max_abs_delta, psnr, to_surrogate_input
-from .shards import RawSample, ShardOutput, iter_shard, list_shards, shard_done, shard_name, write_shard
-from .provenance import (check_record, default_record_url, load_surrogate_state, new_run_id, publish, save_surrogate,
-                         surrogate_url, write_private_samples, write_run_record)
+from .images import (ImageError, ImageFormat, apply_noise_native, decode_rgb, encode, image_pixels, max_abs_delta, psnr,
+                     to_surrogate_input)
+from .locations import check_locations
+from .locks import OutputLock
+from .retry import StorageError, retry_counts
+from .shards import (DEFAULT_LIMITS, RawSample, ReadLimits, ShardOutput, done_shards, list_shards, read_samples,
+                     shard_name, write_shard)
+from .provenance import (default_record_url, load_surrogate_state, new_run_id, publish, save_surrogate, surrogate_url,
+                         write_private_samples, write_run_record)
 from .storage import redact
-
 
 
 @dataclass
 class Decoded:
-    """A readable sample: its decoded pixels and what the output needs to carry along."""
+    """A readable sample. Only its encoded bytes and the small surrogate-size input are held;
+    full-resolution pixels are decoded again when the noise is applied, so a shard's memory is
+    its compressed size, not its decoded size."""
 
     raw: RawSample
-    pixels: np.ndarray
     source_mode: str
+    surrogate_input: np.ndarray | None = None  # S x S x 3 uint8 at the run's image size
+
+    @property
+    def pixels(self) -> np.ndarray:
+        return decode_rgb(self.raw.image)[0]
 
 
 @dataclass
@@ -47,20 +57,32 @@ class ShardWork:
     done: dict[str, ShardOutput] = field(default_factory=dict)
 
 
-def check_paths(input_url: str, output_url: str) -> None:
-    a, b = input_url.rstrip("/") + "/", output_url.rstrip("/") + "/"
-    if a == b:
-        raise ValueError("the output must not be the input: protection never overwrites its input")
-    if b.startswith(a):
-        raise ValueError("the output must not lie inside the input prefix")
-    if a.startswith(b):
-        raise ValueError("the input must not lie inside the output prefix")
+class PixelBudget:
+    """Decoded pixels one shard may cost (checked from image headers, before decoding)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+
+    def charge(self, pixels: int) -> str | None:
+        if self.used + pixels > self.limit:
+            return (f"shard pixel budget exhausted: this image ({pixels} px) would bring the shard past "
+                    f"{self.limit} decoded pixels (raise --max-shard-megapixels or split the shard)")
+        self.used += pixels
+        return None
 
 
-def read_shard(url: str, storage_options: dict | None) -> ShardWork:
+def check_paths(input_url: str, output_url: str, record_url: str | None = None) -> None:
+    """Input, output and private record never overlap, however they are spelled."""
+    check_locations(input_url, output_url, record_url or default_record_url(output_url))
+
+
+def read_shard(url: str, storage_options: dict | None, limits: ReadLimits = DEFAULT_LIMITS,
+               image_size: int | None = None) -> ShardWork:
+    """One shard read (storage errors retried; :class:`StorageError` when they persist) and decoded."""
     work = ShardWork(shard_name(url))
-    for raw in iter_shard(url, storage_options):
-        item = decode_sample(raw)
+    budget = PixelBudget(limits.max_shard_pixels)
+    for raw in read_samples(url, storage_options, limits):
+        item = decode_sample(raw, image_size, budget)
         (work.decoded if isinstance(item, Decoded) else work.failed).append(item)
     return work
 
@@ -78,8 +100,9 @@ def finish_sample(item: Decoded, noise: np.ndarray, trigger_ids: list[int], clus
                   fmt: ImageFormat, unit_id: str, trigger_word: int = 0) -> ShardOutput:
     """Native-resolution noise, bound check, encoding, and the output caption and json."""
     raw = item.raw
-    protected = apply_noise_native(item.pixels, noise, cfg.epsilon)
-    bound = max_abs_delta(protected, item.pixels)
+    pixels = item.pixels
+    protected = apply_noise_native(pixels, noise, cfg.epsilon)
+    bound = max_abs_delta(protected, pixels)
     if bound > cfg.epsilon:  # apply_noise_native clamps, so this is a bug guard, never a normal path
         return ShardOutput(raw.key, None, None, raw.caption, raw.meta, f"noise bound violated: {bound} > {cfg.epsilon}")
     ext = fmt.extension(raw.image_ext)
@@ -93,7 +116,7 @@ def finish_sample(item: Decoded, noise: np.ndarray, trigger_ids: list[int], clus
         "trigger_scope": cfg.trigger_scope if trigger else None, "trigger": trigger or None,
         "trigger_word_index": trigger_word if trigger else None,
         "noise_scope": cfg.effective_noise_scope, "cluster": cluster, "unit": unit_id,
-        "max_delta": max_abs_delta(written, item.pixels), "psnr": round(psnr(written, item.pixels), 3),
+        "max_delta": max_abs_delta(written, pixels), "psnr": round(psnr(written, pixels), 3),
         "image_format": ext if fmt.kind != "jpeg" else f"jpeg:{fmt.quality}",
         "source_mode": item.source_mode,
     }
@@ -106,19 +129,27 @@ def finish_sample(item: Decoded, noise: np.ndarray, trigger_ids: list[int], clus
 
 def surrogate_batch(items: list[Decoded], size: int) -> torch.Tensor:
     """N x 3 x S x S uint8: every image as the victim's preprocessing would show it."""
-    return torch.from_numpy(np.stack([to_surrogate_input(d.pixels, size) for d in items])).permute(0, 3, 1, 2).contiguous()
+    def one(d: Decoded) -> np.ndarray:
+        if d.surrogate_input is not None and d.surrogate_input.shape[0] == size:
+            return d.surrogate_input
+        return to_surrogate_input(d.pixels, size)
+
+    return torch.from_numpy(np.stack([one(d) for d in items])).permute(0, 3, 1, 2).contiguous()
 
 
-def decode_sample(raw: RawSample) -> Decoded | ShardOutput:
-    """A readable sample, or its failure record."""
+def decode_sample(raw: RawSample, image_size: int | None = None, budget: PixelBudget | None = None) -> Decoded | ShardOutput:
+    """A readable sample (with its surrogate-size input when ``image_size`` is given), or its failure record."""
     if raw.error:
         return ShardOutput(raw.key, None, None, raw.caption, raw.meta, raw.error)
+    if budget is not None:
+        refusal = budget.charge(image_pixels(raw.image))
+        if refusal:
+            return ShardOutput(raw.key, None, None, raw.caption, raw.meta, refusal)
     try:
         pixels, mode = decode_rgb(raw.image)
     except ImageError as exc:
         return ShardOutput(raw.key, None, None, raw.caption, raw.meta, str(exc))
-    raw.image = None  # the decoded pixels are all we keep
-    return Decoded(raw, pixels, mode)
+    return Decoded(raw, mode, to_surrogate_input(pixels, image_size) if image_size else None)
 
 
 def run_unit(items: list[Decoded], cfg: MEMConfig, fmt: ImageFormat, unit_id: str, device: str,
@@ -166,11 +197,17 @@ def shared_surrogate(cfg: MEMConfig, record_url: str, sample: list[Decoded], dev
     return model.eval(), info
 
 
-def _groups(todo: list[str], storage_options: dict | None, unit_size: int) -> Iterator[list[ShardWork]]:
-    """Consecutive shards, read until they hold at least one unit's worth of samples."""
+def _groups(todo: list[str], storage_options: dict | None, unit_size: int, limits: ReadLimits, image_size: int,
+            failed_shards: list[dict]) -> Iterator[list[ShardWork]]:
+    """Consecutive shards, read until they hold at least one unit's worth of samples. A shard
+    whose storage keeps failing is named in ``failed_shards`` and left without a stats file."""
     buffer: list[ShardWork] = []
     for url in todo:
-        buffer.append(read_shard(url, storage_options))
+        try:
+            buffer.append(read_shard(url, storage_options, limits, image_size))
+        except StorageError as exc:
+            failed_shards.append({"shard": shard_name(url), "stage": "read", "reason": str(exc)})
+            continue
         if sum(len(w.decoded) for w in buffer) >= unit_size:
             yield buffer
             buffer = []
@@ -187,26 +224,43 @@ def write_protected_shard(output_url: str, record_url: str, name: str, outputs: 
                        extra_stats={"method": cfg.method, "input_shard": name, "run_id": run_id})
 
 
-def protect(input_url: str, output_url: str, cfg: MEMConfig, image_format: str = "png",
-            storage_options: dict | None = None, device: str | None = None, show_progress: bool = True,
-            record_url: str | None = None, provenance: str = "public") -> dict[str, Any]:
-    """Protect every shard under ``input_url`` not already complete under ``output_url``."""
-    check_paths(input_url, output_url)
-    record_url = record_url or default_record_url(output_url)
-    check_record(output_url, record_url, provenance)
-    run_id = new_run_id()
-    fmt = ImageFormat.parse(image_format)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+def plan(input_url: str, output_url: str, storage_options: dict | None) -> tuple[list[str], list[str]]:
+    """(every input shard, the ones not yet done): done shards come from one listing of the output."""
     shards = list_shards(input_url, storage_options)
     if not shards:
         raise FileNotFoundError(f"no .tar shards under {input_url}")
-    todo = [s for s in shards if not shard_done(output_url, shard_name(s), storage_options)]
+    done = done_shards(output_url, storage_options)
+    return shards, [s for s in shards if shard_name(s) not in done]
+
+
+def protect(input_url: str, output_url: str, cfg: MEMConfig, image_format: str = "png",
+            storage_options: dict | None = None, device: str | None = None, show_progress: bool = True,
+            record_url: str | None = None, provenance: str = "public", limits: ReadLimits = DEFAULT_LIMITS,
+            break_lock: bool = False) -> dict[str, Any]:
+    """Protect every shard under ``input_url`` not already complete under ``output_url``."""
+    record_url = record_url or default_record_url(output_url)
+    check_paths(input_url, output_url, record_url)
+    if provenance not in ("public", "full"):
+        raise ValueError(f"--provenance is public or full, got {provenance!r}")
+    run_id = new_run_id()
+    fmt = ImageFormat.parse(image_format)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    shards, todo = plan(input_url, output_url, storage_options)
+    with OutputLock(output_url, run_id, storage_options).acquire(break_lock):
+        return _protect_locked(input_url, output_url, cfg, fmt, image_format, storage_options, device, show_progress,
+                               record_url, provenance, limits, run_id, shards, todo)
+
+
+def _protect_locked(input_url, output_url, cfg, fmt, image_format, storage_options, device, show_progress, record_url,
+                    provenance, limits, run_id, shards, todo) -> dict[str, Any]:
     started = time.time()
+    retries_before = Counter(retry_counts)
     counts = Counter()
     units: list[dict] = []
+    failed_shards: list[dict] = []
     bar = tqdm(total=len(todo), desc="shards", unit="shard", disable=not show_progress)
     surrogate, surrogate_info = None, {"mode": cfg.surrogate}
-    for group in _groups(todo, storage_options, cfg.unit_size):
+    for group in _groups(todo, storage_options, cfg.unit_size, limits, cfg.image_size, failed_shards):
         decoded = [d for w in group for d in w.decoded]
         if cfg.surrogate == "shared" and surrogate is None and cfg.method != "random" and decoded:
             surrogate, surrogate_info = shared_surrogate(cfg, record_url, decoded[: cfg.unit_size], device,
@@ -228,8 +282,12 @@ def protect(input_url: str, output_url: str, cfg: MEMConfig, image_format: str =
                 owner[d.raw.key + "\0" + d.raw.shard].done[out.key] = out
         for work in group:
             ordered = [work.done[d.raw.key] for d in work.decoded] + work.failed
-            stats = write_protected_shard(output_url, record_url, work.name, ordered, cfg, provenance, run_id,
-                                          storage_options)
+            try:
+                stats = write_protected_shard(output_url, record_url, work.name, ordered, cfg, provenance, run_id,
+                                              storage_options)
+            except StorageError as exc:
+                failed_shards.append({"shard": work.name, "stage": "write", "reason": str(exc)})
+                continue
             counts["protected"] += stats["successes"]
             counts["failed"] += stats["failed"]
             bar.update(1)
@@ -239,7 +297,9 @@ def protect(input_url: str, output_url: str, cfg: MEMConfig, image_format: str =
         "record": record_url, "provenance": provenance,
         "storage_options": redact(storage_options or {}), "config": cfg.to_dict(), "image_format": image_format,
         "device": device, "shards_total": len(shards), "shards_done_before": len(shards) - len(todo),
-        "shards_written": len(todo), "samples_protected": counts["protected"], "samples_failed": counts["failed"],
+        "shards_written": len(todo) - len(failed_shards), "shards_failed": failed_shards,
+        "samples_protected": counts["protected"], "samples_failed": counts["failed"],
+        "retries": dict(Counter(retry_counts) - retries_before),
         "seconds": round(time.time() - started, 2), "units": units, "surrogate": surrogate_info,
     }
     write_run_record(output_url, record_url, record, provenance, storage_options)

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .shards import ShardOutput
-from .storage import filesystem, join, write_bytes_atomic
+from .storage import filesystem, join, read_bytes, write_bytes_atomic
 
 PROVENANCE = ("public", "full")
 PUBLIC_SAMPLE_KEYS = ("version", "method", "epsilon", "run_id")
@@ -44,14 +44,6 @@ def default_record_url(output_url: str) -> str:
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
-
-
-def check_record(output_url: str, record_url: str, provenance: str) -> None:
-    if provenance not in PROVENANCE:
-        raise ValueError(f"--provenance is one of {PROVENANCE}, got {provenance!r}")
-    out, rec = output_url.rstrip("/") + "/", record_url.rstrip("/") + "/"
-    if rec.startswith(out) or out.startswith(rec):
-        raise ValueError("the private record must lie outside the published output prefix (and not contain it)")
 
 
 def publish(outputs: list[ShardOutput], provenance: str, run_id: str) -> tuple[list[ShardOutput], list[dict]]:
@@ -88,9 +80,8 @@ def read_private_samples(record_url: str, storage_options: dict | None = None) -
         return found
     for path in sorted(p for p in fs.find(folder) if p.endswith(".parquet")):
         shard = path.rsplit("/", 1)[-1][: -len(".parquet")]
-        with fs.open(path, "rb") as f:
-            for row in pq.read_table(f).to_pylist():
-                found[(shard, row["key"])] = json.loads(row["mempipe"])
+        for row in pq.read_table(io.BytesIO(read_bytes(fs, path))).to_pylist():
+            found[(shard, row["key"])] = json.loads(row["mempipe"])
     return found
 
 
@@ -112,11 +103,12 @@ def read_run_record(output_url: str, record_url: str | None, storage_options: di
             continue
         fs, prefix = filesystem(url, storage_options)
         path = join(prefix, name)
-        if fs.exists(path):
-            with fs.open(path) as f:
-                record = json.load(f)
-            if "config" in record:
-                return record
+        try:
+            record = json.loads(read_bytes(fs, path))
+        except FileNotFoundError:
+            continue
+        if "config" in record:
+            return record
     return None
 
 
@@ -141,7 +133,8 @@ def load_surrogate_state(record_url: str, storage_options: dict | None) -> dict 
 
     fs, prefix = filesystem(record_url, storage_options)
     path = join(prefix, SURROGATE_FILE)
-    if not fs.exists(path):
+    try:
+        data = read_bytes(fs, path)
+    except FileNotFoundError:
         return None
-    with fs.open(path, "rb") as f:
-        return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)["state_dict"]
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)["state_dict"]

@@ -7,6 +7,7 @@ it really breaks. Writing produces ``NNNNN.tar``, ``NNNNN.parquet`` and, last,
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -21,7 +22,7 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .images import IMAGE_EXTENSIONS
-from .storage import filesystem, join, write_bytes_atomic
+from .storage import filesystem, is_local, join, write_bytes_atomic
 
 _MEMBER = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's key/extension split
 FIXED_MTIME = 0  # identical bytes on every rerun
@@ -79,8 +80,72 @@ def list_shards(url: str, storage_options: dict | None = None) -> list[str]:
     return [scheme + p if scheme and not p.startswith(scheme) else p for p in found]
 
 
+@dataclass(frozen=True)
+class ReadLimits:
+    """What one shard may cost a reader: crawled shards are untrusted input.
+
+    ``max_member_bytes``: a single tar member (an image, a caption) larger than this is refused;
+    ``max_shard_bytes``: member bytes kept in memory for one shard; ``max_shard_pixels``: decoded
+    pixels for one shard (a shard of huge, flat PNGs compresses to little and decodes to a lot).
+    Samples beyond a budget are recorded as failed, with the reason, and the shard goes on.
+    """
+
+    max_member_bytes: int = 64 * 2**20
+    max_shard_bytes: int = 4 * 2**30
+    max_shard_pixels: int = 2_000_000_000
+
+    @classmethod
+    def from_megabytes(cls, member_mb: float | None = None, shard_mb: float | None = None,
+                       shard_megapixels: float | None = None) -> "ReadLimits":
+        base = cls()
+        return cls(int(member_mb * 2**20) if member_mb else base.max_member_bytes,
+                   int(shard_mb * 2**20) if shard_mb else base.max_shard_bytes,
+                   int(shard_megapixels * 1e6) if shard_megapixels else base.max_shard_pixels)
+
+
+DEFAULT_LIMITS = ReadLimits()
+
+
+class ShardReadError(OSError):
+    """The storage failed while a shard was read (not its format): retry, then fail the shard."""
+
+
+class _StorageReader:
+    """Wraps the storage's file so that its errors are told apart from the tar parser's."""
+
+    def __init__(self, f) -> None:
+        self._f = f
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._f.read(size)
+        except Exception as exc:
+            raise ShardReadError(f"{type(exc).__name__}: {exc}") from exc
+
+
 def _safe_member(name: str) -> bool:
     return not (name.startswith("/") or ".." in name.split("/") or "\\" in name or "\x00" in name)
+
+
+def _member_key(name: str) -> str:
+    match = _MEMBER.match(name)
+    return match.group(1) if match else name
+
+
+def _refusal(info: tarfile.TarInfo, limits: ReadLimits) -> str | None:
+    """Why a member is refused before its data is read, or None."""
+    if info.issparse():
+        return f"sparse tar member {info.name!r} refused (it could expand far beyond its stored size)"
+    if not info.isfile():
+        kind = "symlink" if info.issym() else "hard link" if info.islnk() else "device or fifo"
+        return f"non-regular tar member {info.name!r} ({kind}) refused"
+    if not _safe_member(info.name):
+        return f"unsafe member name {info.name!r} (absolute or '..'); skipped"
+    if not _MEMBER.match(info.name):
+        return f"member name {info.name!r} has no extension; skipped"
+    if info.size > limits.max_member_bytes:
+        return f"member too large: {info.name!r} is {info.size} bytes (limit {limits.max_member_bytes})"
+    return None
 
 
 def _finish(sample: RawSample, members: dict[str, bytes]) -> RawSample:
@@ -119,49 +184,118 @@ def _finish(sample: RawSample, members: dict[str, bytes]) -> RawSample:
     return sample
 
 
-def iter_shard(url: str, storage_options: dict | None = None) -> Iterator[RawSample]:
-    """Stream the samples of one shard. Broken parts become samples with ``error`` set."""
+def _format_problem(head: bytes) -> str:
+    if head[:2] == b"\x1f\x8b":
+        return "not a plain tar: gzip-compressed data in a .tar shard (decompress it first)"
+    if head[:3] == b"BZh" or head[:6] == b"\xfd7zXZ\x00" or head[:4] == b"\x28\xb5\x2f\xfd":
+        return "not a plain tar: compressed data in a .tar shard (decompress it first)"
+    return "not a tar archive"
+
+
+def iter_shard(url: str, storage_options: dict | None = None,
+               limits: ReadLimits = DEFAULT_LIMITS) -> Iterator[RawSample]:
+    """Stream the samples of one shard. Format problems become samples with ``error`` set;
+    storage failures raise :class:`ShardReadError` (use :func:`read_samples` to retry them).
+
+    A ``.tar`` is read as a plain tar only: compressed data is refused, not expanded. A shard
+    that ends without tar's end-of-archive blocks is reported as truncated, and the sample it
+    was cut in is recorded as failed.
+    """
     name = shard_name(url)
     fs, path = filesystem(url, storage_options)
     seen: set[str] = set()
     current: RawSample | None = None
     members: dict[str, bytes] = {}
+    complete = 0  # members read whole
+    kept = 0      # member bytes held for this shard
 
     def flush() -> Iterator[RawSample]:
         if current is not None:
             yield _finish(current, members)
 
     try:
-        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                if not _safe_member(info.name):
-                    yield RawSample(key=info.name, shard=name, error=f"unsafe member name {info.name!r} (absolute or '..'); skipped")
-                    continue
-                match = _MEMBER.match(info.name)
-                if not match:
-                    yield RawSample(key=info.name, shard=name, error=f"member name {info.name!r} has no extension; skipped")
-                    continue
-                key, ext = match.group(1), match.group(2).lower()
-                data = tar.extractfile(info).read()
-                if current is None or key != current.key:
-                    yield from flush()
-                    current, members = RawSample(key=key, shard=name), {}
-                    if key in seen:
-                        current.error = "duplicate key: it appeared earlier in the shard"
-                    seen.add(key)
-                if ext in members and not current.error:
-                    current.error = f"duplicate member {key}.{ext}"
-                members[ext] = data
-            yield from flush()
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        reason = f"truncated or corrupt tar: {type(exc).__name__}: {exc}"
-        if current is not None:
-            current.error = current.error or reason
-            yield from flush()
-        else:
-            yield RawSample(key=f"{name}/<unreadable>", shard=name, error=reason)
+        raw = fs.open(path, "rb")
+    except Exception as exc:
+        raise ShardReadError(f"cannot open {url}: {type(exc).__name__}: {exc}") from exc
+    with raw:
+        reader = _StorageReader(raw)
+        try:
+            with tarfile.open(fileobj=reader, mode="r|") as tar:
+                for info in tar:
+                    if info.isdir():
+                        continue
+                    refusal = _refusal(info, limits)
+                    if refusal is None and kept + info.size > limits.max_shard_bytes:
+                        refusal = f"shard byte budget exhausted ({limits.max_shard_bytes} bytes held)"
+                    # an unsafe or extension-less name is its own record, never grouped with others
+                    key = _member_key(info.name) if _safe_member(info.name) else info.name
+                    if refusal:
+                        if current is not None and key == current.key:
+                            current.error = current.error or refusal
+                        else:
+                            yield from flush()
+                            current, members = RawSample(key=key, shard=name, error=refusal), {}
+                            seen.add(key)
+                        complete += 1
+                        continue
+                    ext = info.name[len(key) + 1:].lower()
+                    if current is None or key != current.key:
+                        yield from flush()
+                        current, members = RawSample(key=key, shard=name), {}
+                        if key in seen:
+                            current.error = "duplicate key: it appeared earlier in the shard"
+                        seen.add(key)
+                    data = tar.extractfile(info).read()
+                    complete += 1
+                    if ext in members and not current.error:
+                        current.error = f"duplicate member {key}.{ext}"
+                    members[ext] = data
+                    kept += len(data)
+                data_end = tar.offset  # where the end-of-archive blocks must start
+        except ShardReadError:
+            raise
+        except (tarfile.TarError, EOFError) as exc:
+            if complete == 0 and current is None:
+                try:
+                    raw.seek(0)
+                    head = raw.read(8)
+                except Exception as read_exc:
+                    raise ShardReadError(f"{type(read_exc).__name__}: {read_exc}") from read_exc
+                problem = "empty file" if not head else _format_problem(head)
+                yield RawSample(key=f"{name}/<unreadable>", shard=name, error=f"{problem} ({exc})")
+                return
+            reason = f"truncated shard after {complete} members ({exc})"
+            if current is not None:
+                current.error = current.error or reason
+                yield from flush()
+            else:
+                yield RawSample(key=f"{name}/<truncated>", shard=name, error=reason)
+            return
+        # tar ends with zero blocks; a shard cut at a member boundary lacks them, and tarfile
+        # then stops without an error
+        try:
+            raw.seek(data_end)
+            tail = raw.read(512)
+        except Exception as exc:
+            raise ShardReadError(f"{type(exc).__name__}: {exc}") from exc
+        if len(tail) < 512 or tail.strip(b"\x00"):
+            reason = f"truncated shard after {complete} members (no end-of-archive marker)"
+            if current is not None:
+                current.error = current.error or reason
+                yield from flush()
+            else:
+                yield RawSample(key=f"{name}/<truncated>", shard=name, error=reason)
+            return
+        yield from flush()
+
+
+def read_samples(url: str, storage_options: dict | None = None,
+                 limits: ReadLimits = DEFAULT_LIMITS) -> list[RawSample]:
+    """Every sample of one shard, the whole read retried on storage errors (connection resets,
+    throttling, expired tokens); raises :class:`mempipe.retry.StorageError` when they persist."""
+    from .retry import with_retries
+
+    return with_retries(f"read shard {shard_name(url)}", lambda: list(iter_shard(url, storage_options, limits)))
 
 
 def _tar_bytes(samples: list[ShardOutput]) -> bytes:
@@ -234,8 +368,10 @@ def write_shard(
     """
     fs, prefix = filesystem(out_url, storage_options)
     started = time.time()
-    write_bytes_atomic(fs, join(prefix, f"{name}.tar"), _tar_bytes(samples))
-    write_bytes_atomic(fs, join(prefix, f"{name}.parquet"), _parquet_bytes(samples))
+    files = {}
+    for ext, data in (("tar", _tar_bytes(samples)), ("parquet", _parquet_bytes(samples))):
+        write_bytes_atomic(fs, join(prefix, f"{name}.{ext}"), data)
+        files[ext] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     failures: dict[str, int] = {}
     for s in samples:
         if s.error:
@@ -247,6 +383,7 @@ def write_shard(
         "failed": sum(1 for s in samples if s.error),
         "status_dict": {"success": sum(1 for s in samples if not s.error), **failures},
         "mempipe_version": __version__,
+        "files": files,  # what this stats file vouches for: a tar or parquet of another run would not match
         **(extra_stats or {}),
     }
     if record_timing:
@@ -258,3 +395,19 @@ def write_shard(
 def shard_done(out_url: str, name: str, storage_options: dict | None = None) -> bool:
     fs, prefix = filesystem(out_url, storage_options)
     return fs.exists(stats_path(prefix, name))
+
+
+def done_shards(out_url: str, storage_options: dict | None = None) -> set[str]:
+    """Names of the shards complete under ``out_url``, from one listing (not one request per shard)."""
+    from .retry import with_retries
+
+    fs, prefix = filesystem(out_url, storage_options)
+
+    def listing() -> list[str]:
+        try:
+            return fs.ls(prefix, detail=False, refresh=True) if not is_local(fs) else fs.ls(prefix, detail=False)
+        except FileNotFoundError:
+            return []
+
+    suffix = "_stats.json"
+    return {p.rsplit("/", 1)[-1][: -len(suffix)] for p in with_retries("list output", listing) if p.endswith(suffix)}

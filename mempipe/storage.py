@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import uuid
 from typing import Any
 
 import fsspec
@@ -30,8 +31,15 @@ def parse_storage_options(text: str | None) -> dict[str, Any]:
     return value
 
 
+# botocore retries each S3 request (throttling, 5xx, connection errors, read timeouts) in its
+# "standard" mode; a stalled connection times out instead of hanging a worker forever.
+S3_CONFIG_DEFAULTS = {"retries": {"mode": "standard", "max_attempts": 8}, "connect_timeout": 10,
+                      "read_timeout": 60}
+
+
 def _with_env_endpoint(url: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Point s3fs at AWS_ENDPOINT_URL (MinIO, moto, ...) unless the options already say where."""
+    """Point s3fs at AWS_ENDPOINT_URL (MinIO, moto, ...) unless the options already say where, and
+    give botocore its retry and timeout defaults unless the options set their own."""
     if not url.startswith(("s3://", "s3a://")):
         return options
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
@@ -41,6 +49,7 @@ def _with_env_endpoint(url: str, options: dict[str, Any]) -> dict[str, Any]:
     merged = dict(options)
     if client_kwargs:
         merged["client_kwargs"] = client_kwargs
+    merged["config_kwargs"] = {**S3_CONFIG_DEFAULTS, **(options.get("config_kwargs") or {})}
     return merged
 
 
@@ -69,19 +78,72 @@ def redact(value: Any) -> Any:
     return value
 
 
-def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Write a whole file so that a reader never sees it half-written.
-
-    Object stores publish an object only when its upload completes; on a local disk we
-    write a temporary sibling and rename it into place.
-    """
+def _write_once(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     if is_local(fs):
-        parent = path.rsplit("/", 1)[0]
-        fs.makedirs(parent, exist_ok=True)
-        tmp = path + ".partial"
-        with fs.open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        parent, name = path.rsplit("/", 1)
+        os.makedirs(parent, exist_ok=True)
+        # a unique sibling: two writers never share a temporary file, and rename is atomic
+        tmp = f"{parent}/.{name}.{uuid.uuid4().hex}.partial"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
     else:
-        with fs.open(path, "wb") as f:
+        # one PUT (or a multipart upload that is aborted on error): an object store shows the
+        # object under its name only once the upload completed; a file handle's close() would
+        # commit whatever was buffered, even after an exception
+        fs.pipe_file(path, data)
+
+
+def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write a whole file so that a reader never sees it half-written; I/O errors retried."""
+    from .retry import with_retries
+
+    with_retries(f"write {path.rsplit('/', 1)[-1]}", lambda: _write_once(fs, path, data))
+
+
+def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+    """A whole small file (records, checkpoints), I/O errors retried; a missing file is not retried."""
+    from .retry import with_retries
+
+    def once() -> bytes:
+        try:
+            return fs.cat_file(path)
+        except FileNotFoundError as exc:
+            raise _Missing(str(exc)) from None
+
+    try:
+        return with_retries(f"read {path.rsplit('/', 1)[-1]}", once)
+    except _Missing as exc:
+        raise FileNotFoundError(str(exc)) from None
+
+
+class _Missing(ValueError):
+    """A missing file: an answer, not a fault, so never retried."""
+
+
+def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:
+    """Create ``path`` only if it does not exist (a lock): O_EXCL locally, a conditional PUT
+    (If-None-Match: *) on S3. False when it already exists."""
+    if is_local(fs):
+        os.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
+        return True
+    try:
+        fs.pipe_file(path, data, mode="create")
+    except (FileExistsError, OSError) as exc:
+        if isinstance(exc, FileExistsError) or "PreconditionFailed" in str(exc) or "412" in str(exc):
+            return False
+        raise
+    return True

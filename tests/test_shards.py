@@ -39,17 +39,22 @@ def test_writer_is_byte_identical_on_rerun(tmp_path):
 
 
 def test_stats_written_last_so_a_failed_write_never_looks_complete(tmp_path, monkeypatch):
-    import mempipe.shards as shards
+    import builtins
 
-    def broken(_samples):
-        raise OSError("disk full")
+    real_open = builtins.open
 
-    monkeypatch.setattr(shards, "_parquet_bytes", broken)
-    with pytest.raises(OSError):
+    def disk_full_for_parquet(path, mode="r", *args, **kwargs):
+        if "w" in mode and ".parquet." in str(path):
+            raise OSError(28, "No space left on device")
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setenv("MEMPIPE_IO_MAX_WAIT", "0.01")
+    monkeypatch.setattr(builtins, "open", disk_full_for_parquet)
+    with pytest.raises(OSError, match="after 5 attempts"):
         write_shard(str(tmp_path), "00000", _outputs())
     assert (tmp_path / "00000.tar").exists()
     assert not shard_done(str(tmp_path), "00000")
-    assert not list(tmp_path.glob("*.partial"))
+    assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob(".*"))
 
 
 def test_failed_samples_go_to_parquet_not_tar(tmp_path):
