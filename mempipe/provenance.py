@@ -31,7 +31,7 @@ from .storage import filesystem, join, read_bytes, write_bytes_atomic
 PROVENANCE = ("public", "full")
 PUBLIC_SAMPLE_KEYS = ("version", "method", "epsilon", "run_id")
 PUBLIC_RUN_KEYS = ("mempipe_version", "run_id", "engine", "partition", "shards_total", "shards_done_before",
-                   "shards_written", "samples_protected", "samples_failed", "seconds")
+                   "shards_written", "shards_failed", "samples_protected", "samples_failed", "retries", "seconds")
 RUN_RECORD = "mempipe_run.json"     # at the output root
 PRIVATE_RUN = "run.json"            # in the private record
 RECORD_SUFFIX = "_mempipe_record"

@@ -25,8 +25,8 @@ class StorageError(OSError):
 
 
 def attempts() -> int:
-    """Whole-operation attempts (``MEMPIPE_IO_ATTEMPTS``, default 5)."""
-    return max(1, int(os.environ.get("MEMPIPE_IO_ATTEMPTS", "5")))
+    """Whole-operation attempts (``MEMPIPE_IO_ATTEMPTS``, default 4)."""
+    return max(1, int(os.environ.get("MEMPIPE_IO_ATTEMPTS", "4")))
 
 
 def _is_io_error(exc: BaseException) -> bool:

@@ -33,7 +33,7 @@ def parse_storage_options(text: str | None) -> dict[str, Any]:
 
 # botocore retries each S3 request (throttling, 5xx, connection errors, read timeouts) in its
 # "standard" mode; a stalled connection times out instead of hanging a worker forever.
-S3_CONFIG_DEFAULTS = {"retries": {"mode": "standard", "max_attempts": 8}, "connect_timeout": 10,
+S3_CONFIG_DEFAULTS = {"retries": {"mode": "standard", "max_attempts": 5}, "connect_timeout": 10,
                       "read_timeout": 60}
 
 
@@ -53,10 +53,33 @@ def _with_env_endpoint(url: str, options: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _count_request_retries(fs: fsspec.AbstractFileSystem) -> None:
+    """Count botocore's own request retries (attempts sent minus API calls made) into the run's
+    retry counts; registered once per S3 client."""
+    if getattr(fs, "_mempipe_counting", False):
+        return
+    from .retry import retry_counts
+
+    fs.connect()
+    events = fs.s3.meta.events
+
+    def on_call(**_):
+        retry_counts["s3 request (botocore)"] -= 1
+
+    def on_send(**_):
+        retry_counts["s3 request (botocore)"] += 1
+
+    events.register("before-call.s3", on_call)
+    events.register("before-send.s3", on_send)
+    fs._mempipe_counting = True
+
+
 def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """Return ``(fs, path)`` for a URL; ``path`` is what the filesystem's methods take."""
     options = _with_env_endpoint(url, dict(storage_options or {}))
     fs, path = url_to_fs(url, **options)
+    if type(fs).__name__ == "S3FileSystem":
+        _count_request_retries(fs)
     return fs, path.rstrip("/") if path not in ("/",) else path
 
 

@@ -23,7 +23,8 @@ def image_bytes(mode: str = "RGB", size=(32, 32), fmt: str = "PNG", seed: int = 
 
 
 def make_tar(path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w") as tar:
+    """A plain tar at ``path`` (a file name, or a binary file object)."""
+    with (tarfile.open(fileobj=path, mode="w") if hasattr(path, "write") else tarfile.open(path, "w")) as tar:
         for name, data in members:
             info = tarfile.TarInfo(name)
             info.size = len(data)
