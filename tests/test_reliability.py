@@ -9,7 +9,9 @@ import json
 import os
 import subprocess
 import sys
+import shutil
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -194,7 +196,7 @@ def _failures(out: Path) -> dict[str, str]:
             for r in pq.read_table(p).to_pylist() if r["status"] != "success"}
 
 
-def _assert_hostile_reasons(out: Path) -> None:
+def _assert_hostile_reasons(out: Path, good_shards: int = 2) -> None:
     failed = _failures(out)
     assert "member too large" in failed["huge"]
     assert "sparse tar member" in failed["sparse"] and "non-regular tar member" in failed["link"]
@@ -202,7 +204,7 @@ def _assert_hostile_reasons(out: Path) -> None:
     assert "pixel budget" in failed["bomb2"] and "bomb1" not in failed   # 9 + 9 Mpx > 12 Mpx
     assert "truncated shard after" in failed["t2"]
     protected = {s.key for p in sorted(out.glob("*.tar")) for s in iter_shard(str(p))}
-    assert {"fine2", "fine3", "fine5", "bomb1", "t1"} <= protected and len(protected) >= 13
+    assert {"fine2", "fine3", "fine5", "bomb1", "t1"} <= protected and len(protected) == 5 + 4 * good_shards
 
 
 def test_hostile_shards_are_recorded_with_their_reasons_and_the_rest_completes(tmp_path):
@@ -224,7 +226,7 @@ def test_on_ray_a_shard_that_kills_its_worker_is_quarantined_and_the_run_goes_on
     assert done.returncode == 3, done.stderr[-3000:]
     assert "shard 00001 failed (protect): quarantined" in done.stderr
     assert not (out / "00001_stats.json").exists()
-    _assert_hostile_reasons(out)
+    _assert_hostile_reasons(out, good_shards=1)
     assert len(list(out.glob("*_stats.json"))) == 6
     rerun = subprocess.run([c for c in cmd], env=dict(os.environ), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -293,12 +295,12 @@ def test_no_secret_in_rays_session_files_or_the_records_and_workers_import_the_i
         fs.put_file(str(path), f"{s3_bucket}/in/{path.name}")
     cwd = tmp_path / "parent"
     (cwd / "mempipe").mkdir(parents=True)  # a namespace package in the current folder
-    ray_tmp = tmp_path / "ray"
-    ray_tmp.mkdir()
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # Ray's socket paths must stay under 108 bytes
     env = {**os.environ, "AWS_SECRET_ACCESS_KEY": secret, "RAY_TMPDIR": str(ray_tmp)}
     options = json.dumps({"secret": secret, "key": "testing-key-id",
                           "client_kwargs": {"endpoint_url": s3_server["AWS_ENDPOINT_URL"]}})
-    done = subprocess.run([sys.executable, "-m", "mempipe.cli", "protect", f"s3://{s3_bucket}/in",
+    console_script = os.path.join(os.path.dirname(sys.executable), "mempipe")  # as a user runs it
+    done = subprocess.run([console_script, "protect", f"s3://{s3_bucket}/in",
                            f"s3://{s3_bucket}/out", "--method", "random", "--num-actors", "1", "--verbose",
                            "--storage-options", options, "--record", str(tmp_path / "record")],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
@@ -312,6 +314,7 @@ def test_no_secret_in_rays_session_files_or_the_records_and_workers_import_the_i
     assert secret not in done.stdout + done.stderr
     for path in fs.find(f"{s3_bucket}/out"):
         assert secret.encode() not in fs.cat_file(path)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 # ------------------------------------------------------------------ image depth and orientation
