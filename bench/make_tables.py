@@ -295,26 +295,63 @@ def performance_table() -> str:
     return "\n".join(lines)
 
 
+def faults_table() -> str:
+    data = _result("faults")
+    if data is None:
+        return "(not measured yet: `python bench/faults.py`, writing faults.json)"
+    lines = [f"`bench/faults.py`: {data['what']} ({data['rows'][0]['shards']} shards of {data['per_shard']} samples, "
+             f"read timeout {data['read_timeout_s']} s, stalls of {data['stall_s']} s).", "",
+             "| faults (share of requests) | requests | faults injected | keys in | protected | failed | lost | "
+             "duplicated | failed shards | botocore retries | whole-file retries | exit | time vs fault-free |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        kinds = ", ".join(f"{k} {v}" for k, v in r["faults_by_kind"].items()) or "none"
+        lines.append(f"| {r['fault_rate']:.0%} | {r['requests']} | {r['faults_injected']} ({kinds}) | {r['keys_in']} | "
+                     f"{r['keys_protected']} | {r['keys_failed']} | {r['lost']} | {r['duplicated']} | "
+                     f"{r['shards_failed']} | {r['retries_botocore_requests']} | {r['retries_whole_file']} | "
+                     f"{r['exit_code']} | {r['time_vs_fault_free']}x ({r['seconds']} s) |")
+    return "\n".join(lines)
+
+
+TABLES = {
+    "effectiveness": effectiveness_table,
+    "effectiveness-photo": lambda: effectiveness_table("effectiveness_photo"),
+    "goal-photo": goal_table,
+    "shortcut-race": shortcut_race_table,
+    "calibration": calibration_table,
+    "calibration-captions5": lambda: calibration_table("calibration_captions5"),
+    "shared-surrogate": shared_surrogate_table,
+    "shortcut-race-photo": lambda: shortcut_race_table("shortcut_race_photo"),
+    "performance": performance_table,
+    "faults": faults_table,
+}
+
+
+def _pattern(name: str) -> re.Pattern:
+    return re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
+
+
 def replace_block(text: str, name: str, content: str) -> str:
-    pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
+    pattern = _pattern(name)
     if not pattern.search(text):
-        raise SystemExit(f"README has no {name} markers")
+        raise SystemExit(f"no {name} markers")
     return pattern.sub(lambda m: m.group(1) + content + "\n" + m.group(2), text)
 
 
 def main() -> int:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    text = replace_block(text, "effectiveness", effectiveness_table())
-    text = replace_block(text, "effectiveness-photo", effectiveness_table("effectiveness_photo"))
-    text = replace_block(text, "goal-photo", goal_table())
-    text = replace_block(text, "shortcut-race", shortcut_race_table())
-    text = replace_block(text, "calibration", calibration_table())
-    text = replace_block(text, "calibration-captions5", calibration_table("calibration_captions5"))
-    text = replace_block(text, "shared-surrogate", shared_surrogate_table())
-    text = replace_block(text, "shortcut-race-photo", shortcut_race_table("shortcut_race_photo"))
-    text = replace_block(text, "performance", performance_table())
-    readme.write_text(text)
+    """Every table goes where its markers are: the README or a page under docs/."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    placed = set()
+    for page in pages:
+        text = page.read_text()
+        for name, make in TABLES.items():
+            if _pattern(name).search(text):
+                text = replace_block(text, name, make())
+                placed.add(name)
+        page.write_text(text)
+    missing = sorted(set(TABLES) - placed)
+    if missing:
+        raise SystemExit(f"no page has the markers of: {', '.join(missing)}")
     return 0
 
 

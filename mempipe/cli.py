@@ -61,6 +61,11 @@ def add_protect_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: OUTPUT_mempipe_record beside the output; never publish it)")
     p.add_argument("--provenance", choices=("public", "full"), default="public",
                    help="public: shards carry only method, epsilon, version and run id; full: everything (research)")
+    p.add_argument("--window", type=int, default=None,
+                   help="input shards per work item (default: 1 with --partition shard, 8 with --partition cluster)")
+    p.add_argument("--new-run", action="store_true",
+                   help="protect into a new output version (OUTPUT.v2, .v3, ...) instead of refusing settings that "
+                        "differ from the ones this output was protected with")
     p.add_argument("--break-lock", action="store_true",
                    help="remove the output's lock left by a run that is gone (a lock of a dead process on this host "
                         "is taken over without it)")
@@ -160,12 +165,17 @@ def _protect(args: argparse.Namespace) -> int:
     check_paths(args.input, args.output, args.record)
     options = parse_storage_options(args.storage_options)
     limits = ReadLimits.from_megabytes(args.max_member_mb, args.max_shard_mb, args.max_shard_megapixels)
+    if args.window is not None and args.window < 1:
+        raise ValueError("--window must be at least 1")
+    if args.new_run:
+        from .protect import new_version
+
+        args.output, args.record = new_version(args.output, args.record, options)
+        print(f"mempipe: new run: protecting into {args.output} (record {args.record})", file=sys.stderr)
     if args.no_ray:
-        if args.partition == "cluster":
-            raise ValueError("--partition cluster runs on Ray; drop --no-ray")
         record = protect(args.input, args.output, cfg, args.image_format, options, device=args.device,
                          show_progress=not args.quiet, record_url=args.record, provenance=args.provenance,
-                         limits=limits, break_lock=args.break_lock)
+                         limits=limits, break_lock=args.break_lock, partition=args.partition, window=args.window)
     else:
         from .pipeline import run_pipeline
 
@@ -174,9 +184,18 @@ def _protect(args: argparse.Namespace) -> int:
         record = run_pipeline(args.input, args.output, cfg, args.image_format, options, args.partition,
                               args.num_actors, args.gpus_per_actor, args.ray_address, record_url=args.record,
                               provenance=args.provenance, show_progress=not args.quiet, verbose=args.verbose,
-                              limits=limits, break_lock=args.break_lock)
+                              limits=limits, break_lock=args.break_lock, window=args.window)
     failed_shards = record.get("shards_failed") or []
+    if record.get("nothing_to_do"):
+        print(f"mempipe: {record['nothing_to_do']}; nothing to protect (the run records are left as they were)",
+              file=sys.stderr)
+        print(json.dumps({k: record[k] for k in ("output", "shards_written", "samples_protected", "samples_failed",
+                                                 "seconds")}))
+        return 0
     if not args.quiet:
+        if record["shards_done_before"]:
+            print(f"mempipe: {record['shards_done_before']} of {record['shards_total']} shards already done, skipped",
+                  file=sys.stderr)
         print(f"protected {record['samples_protected']} samples, {record['samples_failed']} failed (reasons in the "
               f"parquet files), {record['shards_written']} shard(s) written in {record['seconds']} s -> {record['output']}\n"
               f"private record (triggers, clusters; do not publish): {record['record']}", file=sys.stderr)

@@ -1,16 +1,17 @@
-"""The distributed pipeline on Ray Data (DESIGN section 3).
+"""The distributed pipeline on Ray Data: fit once, then protect in windows of shards, streaming.
 
-    plan ─▶ read shards (flat_map) ─▶ [features + k-means ─▶ assign clusters] ─▶ MEM actors ─▶ write shards
+    plan (one listing) ─▶ fit (a Ray task: sample, feature model, k-means, shared surrogate,
+    triggers; saved to the private record) ─▶ windows of W shards ─▶ MEM actors
+    (read, [assign to the fitted centroids], protect, write each shard, stats last)
 
-``--partition shard``: one work unit per shard (cut into chunks of at most ``unit_size``);
-each actor protects and writes whole shards, so finished shards appear while the run goes
-on. ``--partition cluster``: samples are embedded by a feature model (a local open_clip
-checkpoint when the config names one, else a surrogate bootstrapped on a sample of the
-data), k-means (faiss) is fit on the sample and assigned in parallel, MEM actors protect
-cluster chunks, and the samples are grouped back into their shards for writing.
+No groupby, no shuffle, no materialised dataset: the only rows in Ray's object store are the
+window URLs and one summary row per shard, so memory is bounded by the window, finished shards
+appear while the run goes on, and a killed run resumes window by window. ``--partition shard``
+is the same with windows of one shard and no clusters.
 
-A named actor holds the shared trigger state: with ``--trigger-scope global`` one trigger is
-searched once and every actor reads it. Resume: a shard with a stats file is done.
+A named actor tracks which shards are in flight: when a worker dies (a shard that exhausts
+memory or crashes a decoder), those shards are retried alone, and one that kills its worker
+again is quarantined while the run goes on.
 """
 from __future__ import annotations
 
@@ -23,299 +24,89 @@ import warnings
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import ray
 import torch
 
 from . import __version__
 from .engine import MEMConfig
-from .engine.clusters import assign, kmeans
-from .engine.mem import bootstrap_features, protect_unit, sample_features
-from .engine.surrogate import build_model
-from .engine.text import decode_trigger
+from .fit import FitState, SettingsChanged, differing, fit_summary, fitted_state, load_fit, run_settings, settings_hash
 from .images import ImageFormat
-from .progress import RunProgress, quiet_ray
 from .locks import OutputLock
-from .protect import (Decoded, check_paths, decode_sample, plan, read_shard, run_unit, shared_surrogate, split_units,
-                      surrogate_batch, write_protected_shard)
-from .provenance import default_record_url, new_run_id, read_run_record, write_run_record
-from .retry import StorageError, retry_counts
-from .shards import DEFAULT_LIMITS, RawSample, ReadLimits, ShardOutput, done_shards, read_samples, shard_name
+from .progress import RunProgress, quiet_ray
+from .protect import check_paths, default_window, plan, skipped_message, windows
+from .provenance import default_record_url, new_run_id, write_run_record
+from .shards import DEFAULT_LIMITS, ReadLimits, done_shards, shard_name
 from .storage import redact
+from .windows import Writer, pack_units, protect_window
 
-TRIGGER_ACTOR = "mempipe-trigger-state"
-FEATURE_SAMPLE = 2048
+TRIGGER_ACTOR = "mempipe-run-state"
+FAULT_ENV = "MEMPIPE_FAULT_KILL_SHARD"  # fault injection for tests: a worker dies on this shard
+SUMMARY_COLUMNS = ("shard", "protected", "failed", "units", "error", "stage", "retries")
+__all__ = ["run_pipeline", "pack_units"]
 
 
 @ray.remote(num_cpus=0)
-class TriggerState:
-    """The run's shared state: the trigger table and model weights (the feature model, the shared
-    surrogate), written once by the driver and read by every actor (so actor constructors take
-    names, not objects)."""
+class RunState:
+    """Which shards an actor has begun and not finished (to find the culprit when one dies)."""
 
     def __init__(self) -> None:
-        self.triggers: dict[str, list[int]] = {}
-        self.weights: dict[str, dict] = {}
-        self.inflight: set[str] = set()  # shards an actor has begun and not finished
+        self.inflight: set[str] = set()
 
-    def begin(self, shard: str) -> None:
-        self.inflight.add(shard)
+    def begin(self, shards: list[str]) -> None:
+        self.inflight.update(shards)
 
-    def end(self, shard: str) -> None:
-        self.inflight.discard(shard)
+    def end(self, shards: list[str]) -> None:
+        self.inflight.difference_update(shards)
 
     def in_flight(self) -> list[str]:
         return sorted(self.inflight)
-
-    def put(self, scope: str, ids: list[int]) -> None:
-        self.triggers[scope] = list(ids)
-
-    def get(self, scope: str) -> list[int] | None:
-        return self.triggers.get(scope)
-
-    def put_weights(self, name: str, state: dict) -> None:
-        self.weights[name] = state
-
-    def get_weights(self, name: str) -> dict | None:
-        return self.weights.get(name)
-
-
-# ---------------------------------------------------------------- rows <-> samples
-
-SHARD_FAILED = -1  # the pos of the one row that stands for a shard whose storage kept failing
-
-
-def read_rows(row: dict, storage_options: dict | None, limits: ReadLimits = DEFAULT_LIMITS) -> list[dict]:
-    """All samples of one shard as flat rows; broken ones carry their error. A shard that cannot
-    be read (after retries) becomes one row at pos -1: it is reported, and gets no stats file."""
-    name = shard_name(row["url"])
-    try:
-        samples = read_samples(row["url"], storage_options, limits)
-    except StorageError as exc:
-        return [{"shard": name, "pos": SHARD_FAILED, "key": "", "image": b"", "ext": "", "caption": "", "meta": "{}",
-                 "error": str(exc), "warnings": "[]"}]
-    return [{"shard": name, "pos": pos, "key": s.key, "image": s.image or b"", "ext": s.image_ext or "",
-             "caption": s.caption or "", "meta": json.dumps(s.meta), "error": s.error or "",
-             "warnings": json.dumps(s.warnings)}
-            for pos, s in enumerate(samples)]
-
-
-def to_raw(row) -> RawSample:
-    return RawSample(key=row["key"], shard=row["shard"], image=row["image"] or None, image_ext=row["ext"] or None,
-                     caption=row["caption"] or None, meta=json.loads(row["meta"]), error=row["error"] or None,
-                     warnings=json.loads(row["warnings"]))
-
-
-def output_row(shard: str, pos: int, out: ShardOutput) -> dict:
-    return {"shard": shard, "pos": int(pos), "key": out.key, "image": out.image or b"", "ext": out.image_ext or "",
-            "caption": out.caption or "", "meta": json.dumps(out.meta), "error": out.error or ""}
-
-
-def from_output_row(row) -> ShardOutput:
-    return ShardOutput(row["key"], row["image"] or None, row["ext"] or None, row["caption"] or None,
-                       json.loads(row["meta"]), row["error"] or None)
 
 
 def _device(gpus_per_actor: float) -> str:
     return "cuda" if gpus_per_actor and torch.cuda.is_available() else "cpu"
 
 
-class _MEMActor:
-    """Shared set-up of the MEM actors: config, output format, device, shared trigger."""
+@ray.remote(num_cpus=1)
+def fit_task(urls, cfg: dict, settings: dict, record_url: str, run_id: str, storage_options, limits, device: str,
+             clustered: bool, threads: int):
+    """The fit phase on a worker (with a GPU when the actors have one), never on the driver."""
+    torch.set_num_threads(max(1, threads))
+    config = MEMConfig(**cfg)
+    state = fitted_state(urls, config, settings, record_url, run_id, storage_options, limits, device, clustered)
+    return fit_summary(state, record_url, config), state
 
-    def __init__(self, cfg: dict, image_format: str, gpus_per_actor: float, threads: int) -> None:
+
+class WindowProtector:
+    """One window of shards per call: read, assign, protect, write (see :mod:`mempipe.windows`)."""
+
+    def __init__(self, fit_ref: list, cfg: dict, image_format: str, writer: dict, limits: dict, gpus_per_actor: float,
+                 threads: int, clustered: bool) -> None:
         torch.set_num_threads(max(1, threads))
         self.cfg = MEMConfig(**cfg)
         self.fmt = ImageFormat.parse(image_format)
         self.device = _device(gpus_per_actor)
-        self.fixed_trigger = None
-        if self.cfg.uses_trigger and self.cfg.trigger_scope == "global":
-            ids = ray.get(ray.get_actor(TRIGGER_ACTOR).get.remote("global"))
-            self.fixed_trigger = torch.tensor(ids, dtype=torch.long)
-        self.surrogate = None
-        if self.cfg.surrogate == "shared" and self.cfg.method != "random":
-            self.surrogate = build_model(self.cfg.arch, self.cfg.image_size, self.cfg.context_length)
-            self.surrogate.clip.load_state_dict(ray.get(ray.get_actor(TRIGGER_ACTOR).get_weights.remote("surrogate")))
-            self.surrogate.eval()
-
-    def protect_items(self, items: list[Decoded], unit_prefix: str,
-                      cluster_of: dict | None = None) -> tuple[dict[str, ShardOutput], list[dict]]:
-        """MEM over chunks of at most unit_size; ``cluster_of`` gives the pipeline's cluster ids."""
-        outputs, summaries = {}, []
-        for number, chunk in enumerate(split_units(items, self.cfg.unit_size)):
-            clusters = None
-            if cluster_of is not None:  # the engine wants ids 0..m-1 inside the unit
-                ids = [cluster_of[(d.raw.shard, d.raw.key)] for d in chunk]
-                clusters = torch.unique(torch.tensor(ids), return_inverse=True)[1]
-            outs, summary = run_unit(chunk, self.cfg, self.fmt, f"{unit_prefix}-{number}", self.device,
-                                     clusters=clusters, fixed_trigger=self.fixed_trigger, surrogate=self.surrogate)
-            summaries.append(summary)
-            outputs.update({(d.raw.shard, d.raw.key): o for d, o in zip(chunk, outs)})
-        return outputs, summaries
-
-
-FAULT_ENV = "MEMPIPE_FAULT_KILL_SHARD"  # fault injection for tests: an actor dies on this shard
-
-
-class ShardProtector(_MEMActor):
-    """``--partition shard``: read one whole shard, protect it, write it (streaming, no shuffle).
-
-    A shard that fails (storage errors past their retries, an error while protecting) is
-    reported in the summary and left without a stats file; the actor goes on with the next.
-    """
-
-    def __init__(self, output_url: str, storage_options: dict | None, record_url: str, provenance: str, run_id: str,
-                 limits: dict | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.output_url, self.storage_options = output_url, storage_options
-        self.record_url, self.provenance, self.run_id = record_url, provenance, run_id
-        self.limits = ReadLimits(**limits) if limits else DEFAULT_LIMITS
-        self.state = ray.get_actor(TRIGGER_ACTOR)
-
-    def protect_shard(self, url: str) -> dict:
-        shard = shard_name(url)
-        retries_before = sum(retry_counts.values())
-        row = {"shard": shard, "protected": 0, "failed": 0, "units": "[]", "error": "", "stage": "",
-               "retries": 0}
-        try:
-            work = read_shard(url, self.storage_options, self.limits, self.cfg.image_size)
-        except StorageError as exc:
-            row.update(error=str(exc), stage="read")
-        else:
-            if os.environ.get(FAULT_ENV) == shard:
-                os._exit(17)
-            try:
-                outputs, units = self.protect_items(work.decoded, f"shard-{shard}")
-                ordered = [outputs[(d.raw.shard, d.raw.key)] for d in work.decoded] + work.failed
-                stats = write_protected_shard(self.output_url, self.record_url, shard, ordered, self.cfg,
-                                              self.provenance, self.run_id, self.storage_options)
-                row.update(protected=stats["successes"], failed=stats["failed"], units=json.dumps(units, default=str))
-            except StorageError as exc:
-                row.update(error=str(exc), stage="write")
-            except Exception as exc:  # a bug or a resource error on this shard: report it, go on
-                row.update(error=f"{type(exc).__name__}: {exc}", stage="protect")
-        row["retries"] = sum(retry_counts.values()) - retries_before
-        return row
+        self.state: FitState = ray.get(fit_ref[0])
+        self.writer = Writer(**writer)
+        self.limits = ReadLimits(**limits)
+        self.clustered = clustered
+        self.run_state = ray.get_actor(TRIGGER_ACTOR)
 
     def __call__(self, batch: dict) -> dict:
         rows = []
-        for url in batch["url"]:
-            ray.get(self.state.begin.remote(shard_name(url)))
-            rows.append(self.protect_shard(url))
-            ray.get(self.state.end.remote(shard_name(url)))
+        for window in batch["window"]:
+            urls = json.loads(window)
+            names = [shard_name(u) for u in urls]
+            ray.get(self.run_state.begin.remote(names))
+            if os.environ.get(FAULT_ENV) in names:
+                os._exit(17)
+            results = protect_window(urls, self.state, self.cfg, self.fmt, self.writer, self.limits, self.device,
+                                     self.clustered)
+            rows += [r.row() for r in results]
+            ray.get(self.run_state.end.remote(names))
         return {k: np.array([r[k] for r in rows]) for k in SUMMARY_COLUMNS}
 
 
-SUMMARY_COLUMNS = ("shard", "protected", "failed", "units", "error", "stage", "retries")
-
-
-class ClusterAssigner:
-    """Adds each sample's cluster id (nearest centroid under the feature model)."""
-
-    def __init__(self, cfg: dict, centroids: list, gpus_per_actor: float, threads: int) -> None:
-        torch.set_num_threads(max(1, threads))
-        self.cfg = MEMConfig(**cfg)
-        self.device = _device(gpus_per_actor)
-        self.model = build_model(self.cfg.arch, self.cfg.image_size, self.cfg.context_length).to(self.device)
-        self.model.clip.load_state_dict(ray.get(ray.get_actor(TRIGGER_ACTOR).get_weights.remote("features")))
-        self.model.eval()
-        self.centroids = np.asarray(centroids, dtype=np.float32)
-
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        decoded = [decode_sample(to_raw(r), self.cfg.image_size) for r in batch.to_dict("records")]
-        ok = [i for i, d in enumerate(decoded) if isinstance(d, Decoded)]
-        cluster = np.full(len(batch), -1, dtype=np.int64)
-        if ok:
-            items = [decoded[i] for i in ok]
-            feats = sample_features(self.model, surrogate_batch(items, self.cfg.image_size),
-                                    [d.raw.caption for d in items], self.cfg, self.device)
-            cluster[ok] = assign(feats, self.centroids).numpy()
-        batch = batch.copy()
-        batch["cluster"] = cluster
-        return batch
-
-
-class ClusterProtector(_MEMActor):
-    """``--partition cluster``: protect one work unit of whole clusters; rows go on to the shard writer.
-
-    Unit -1 holds the samples that could not be read or decoded: they leave as failure rows.
-    """
-
-    def __call__(self, group: pd.DataFrame) -> pd.DataFrame:
-        unit = int(group["unit"].iloc[0])
-        rows = group.sort_values(["cluster", "shard", "pos"]).to_dict("records")
-        decoded = [decode_sample(to_raw(r), self.cfg.image_size) for r in rows]
-        items = [d for d in decoded if isinstance(d, Decoded)]
-        cluster_of = {(r["shard"], r["key"]): int(r["cluster"]) for r in rows}
-        outputs, _ = self.protect_items(items, f"unit{unit}", cluster_of) if items else ({}, [])
-        out_rows = []
-        for r, d in zip(rows, decoded):
-            out = outputs[(r["shard"], r["key"])] if isinstance(d, Decoded) else d
-            if out.image is not None:
-                out.meta["mempipe"]["cluster"] = int(r["cluster"])
-            out_rows.append(output_row(r["shard"], r["pos"], out))
-        return pd.DataFrame(out_rows)
-
-
-def write_group(group: pd.DataFrame, output_url: str, storage_options: dict | None, cfg: dict, record_url: str,
-                provenance: str, run_id: str) -> pd.DataFrame:
-    group = group.sort_values("pos")
-    shard = group["shard"].iloc[0]
-    row = {"shard": shard, "protected": 0, "failed": 0, "units": "[]", "error": "", "stage": "", "retries": 0}
-    unreadable = group[group["pos"] == SHARD_FAILED]
-    if len(unreadable):
-        row.update(error=unreadable["error"].iloc[0], stage="read")
-        return pd.DataFrame([row])
-    try:
-        stats = write_protected_shard(output_url, record_url, shard,
-                                      [from_output_row(r) for r in group.to_dict("records")], MEMConfig(**cfg),
-                                      provenance, run_id, storage_options)
-        row.update(protected=stats["successes"], failed=stats["failed"])
-    except StorageError as exc:
-        row.update(error=str(exc), stage="write")
-    return pd.DataFrame([row])
-
-
 # ---------------------------------------------------------------- driver
-
-def _sample_items(ds: ray.data.Dataset, n: int) -> list[Decoded]:
-    from ray.data.expressions import col
-
-    decoded = [decode_sample(to_raw(r)) for r in ds.filter(expr=col("error") == "").limit(n).take_all()]
-    return [d for d in decoded if isinstance(d, Decoded)]
-
-
-def pack_clusters(sizes: dict[int, int], unit_size: int) -> dict[int, int]:
-    """Work units of whole clusters, at most unit_size samples each (first-fit decreasing).
-
-    Every unit trains its own surrogate, so units of one small cluster each would multiply
-    the surrogate work; a cluster larger than a unit is cut into chunks by the actor.
-    Cluster -1 (unreadable samples) gets unit -1.
-    """
-    unit_of, loads = {}, []
-    for cluster, size in sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0])):
-        if cluster < 0:
-            unit_of[cluster] = -1
-            continue
-        slot = next((i for i, load in enumerate(loads) if load + size <= unit_size), None)
-        if slot is None:
-            loads.append(0)
-            slot = len(loads) - 1
-        loads[slot] += size
-        unit_of[cluster] = slot
-    return unit_of
-
-
-def _with_unit(batch: pd.DataFrame, unit_of: dict[int, int]) -> pd.DataFrame:
-    batch = batch.copy()
-    batch["unit"] = batch["cluster"].map(unit_of).astype("int64")
-    return batch
-
-
-def _partitions(groups: int, num_actors: int) -> int:
-    """Shuffle partitions for a groupby: enough to feed the actors, never Ray's default 200."""
-    return max(1, min(groups, 2 * num_actors))
-
 
 def _package_path() -> str:
     """The folder the running mempipe was imported from (site-packages, or a clone for editable installs)."""
@@ -363,6 +154,8 @@ NO_RESTARTS = {"max_restarts": 0}
 warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated", category=DeprecationWarning)
 
 
+
+
 def _absolute(url: str | None) -> str | None:
     """Local paths made absolute: Ray's workers may run in another folder (or on another node)."""
     if url is None or "://" in url or "::" in url:
@@ -370,11 +163,22 @@ def _absolute(url: str | None) -> str | None:
     return os.path.abspath(os.path.expanduser(url))
 
 
+def check_settings(record_url: str, cfg: MEMConfig, settings: dict, storage_options: dict | None) -> None:
+    """Refuse, on the driver and before any work, a rerun with other settings than the record's fit."""
+    existing = load_fit(record_url, cfg, storage_options)
+    if existing is not None and existing.config_hash != settings_hash(settings):
+        raise SettingsChanged(
+            f"this output was protected with other settings ({'; '.join(differing(existing.settings, settings))}). "
+            "Mixing two configurations in one output is refused: rerun with the original settings, or add "
+            "--new-run to protect into a new output version")
+
+
 def run_pipeline(input_url: str, output_url: str, cfg: MEMConfig, image_format: str = "png",
                  storage_options: dict | None = None, partition: str = "shard", num_actors: int = 2,
                  gpus_per_actor: float = 0.0, ray_address: str | None = None, record_url: str | None = None,
                  provenance: str = "public", show_progress: bool = True, verbose: bool = False,
-                 limits: ReadLimits = DEFAULT_LIMITS, break_lock: bool = False) -> dict[str, Any]:
+                 limits: ReadLimits = DEFAULT_LIMITS, break_lock: bool = False,
+                 window: int | None = None) -> dict[str, Any]:
     input_url, output_url = _absolute(input_url), _absolute(output_url)
     record_url = _absolute(record_url) or default_record_url(output_url)
     check_paths(input_url, output_url, record_url)
@@ -382,168 +186,111 @@ def run_pipeline(input_url: str, output_url: str, cfg: MEMConfig, image_format: 
     if provenance not in ("public", "full"):
         raise ValueError(f"--provenance is public or full, got {provenance!r}")
     run_id = new_run_id()
+    progress = RunProgress(0, enabled=show_progress)
+    progress.phase("planning")
     shards, todo = plan(input_url, output_url, storage_options)
+    if not todo:
+        progress.close()
+        return {"output": output_url, "record": record_url, "shards_total": len(shards), "shards_written": 0,
+                "shards_failed": [], "samples_protected": 0, "samples_failed": 0, "seconds": 0.0,
+                "nothing_to_do": skipped_message(len(shards), 0)}
+    settings = run_settings(cfg, image_format, partition, provenance)
+    check_settings(record_url, cfg, settings, storage_options)
     with OutputLock(output_url, run_id, storage_options).acquire(break_lock):
         return _run_locked(input_url, output_url, cfg, image_format, storage_options, partition, num_actors,
-                           gpus_per_actor, ray_address, record_url, provenance, show_progress, verbose, limits, run_id,
-                           shards, todo)
+                           gpus_per_actor, ray_address, record_url, provenance, verbose, limits, run_id, shards,
+                           todo, settings, window or default_window(partition), progress)
 
 
 def _run_locked(input_url, output_url, cfg, image_format, storage_options, partition, num_actors, gpus_per_actor,
-                ray_address, record_url, provenance, show_progress, verbose, limits, run_id, shards,
-                todo) -> dict[str, Any]:
+                ray_address, record_url, provenance, verbose, limits, run_id, shards, todo, settings, window,
+                progress) -> dict[str, Any]:
     started = time.time()
-    previous = read_run_record(output_url, record_url, storage_options)
-    record: dict[str, Any] = {
-        "mempipe_version": __version__, "run_id": run_id, "input": input_url, "output": output_url,
-        "record": record_url, "provenance": provenance, "engine": "ray",
-        "storage_options": redact(storage_options or {}), "config": cfg.to_dict(), "image_format": image_format,
-        "partition": partition, "num_actors": num_actors, "gpus_per_actor": gpus_per_actor,
-        "shards_total": len(shards), "shards_done_before": len(shards) - len(todo),
-        "surrogate": {"mode": cfg.surrogate},
-    }
-    triggers: dict[str, list[int]] = dict((previous or {}).get("trigger_table") or {})
-    centroids = (previous or {}).get("centroids")
+    progress.total(len(todo))
+    progress.phase("starting Ray")
+    quiet_ray(verbose)
+    init_ray(ray_address, num_actors, verbose)
+    cores = os.cpu_count() or 1
+    clustered = partition == "cluster"
+    state_actor = RunState.options(name=TRIGGER_ACTOR, get_if_exists=True).remote()
+    progress.phase("fit")
+    summary_ref, fit_ref = fit_task.options(num_gpus=gpus_per_actor, num_returns=2).remote(
+        shards, cfg.to_dict(), settings, record_url, run_id, storage_options, limits, _device(gpus_per_actor),
+        clustered, cores)
+    fitted = ray.get(summary_ref)
     counts = {"protected": 0, "failed": 0, "retries": 0}
     failed_shards: list[dict] = []
-    progress = RunProgress(len(todo), enabled=show_progress)
-    retries_before = sum(retry_counts.values())
-    limit_kwargs = dataclasses.asdict(limits)
-    if todo:
-        progress.phase("starting Ray")
-        quiet_ray(verbose)
-        init_ray(ray_address, num_actors, verbose)
-        cores = os.cpu_count() or 1
-        threads = max(1, cores // max(1, num_actors))
-        urls = ray.data.from_items([{"url": u} for u in todo], override_num_blocks=len(todo))
-        ds = None
-        if partition == "cluster" or (cfg.uses_trigger and cfg.trigger_scope == "global" and "global" not in triggers):
-            progress.phase("reading")
-            # samples cross shards here: read once into Ray's object store (it spills to disk when full)
-            ds = urls.flat_map(read_rows, fn_kwargs={"storage_options": storage_options, "limits": limits}).materialize()
-        state = TriggerState.options(name=TRIGGER_ACTOR, get_if_exists=True).remote()
-        device = _device(gpus_per_actor)
-        if cfg.uses_trigger and cfg.trigger_scope == "global":
-            if "global" not in triggers:  # searched once per output, reused by later batches of the same output
-                progress.phase("global trigger")
-                sample = _sample_items(ds, cfg.unit_size)
-                result = protect_unit(surrogate_batch(sample, cfg.image_size), [d.raw.caption for d in sample], cfg, device)
-                triggers["global"] = result.trigger_ids[0].tolist()
-            ray.get(state.put.remote("global", triggers["global"]))
-        if cfg.surrogate == "shared" and cfg.method != "random":
-            progress.phase("shared surrogate")
-            sample = _sample_items(ds, cfg.unit_size) if ds is not None else _first_readable(todo, storage_options,
-                                                                                             limits, cfg)
-            model, record["surrogate"] = shared_surrogate(cfg, record_url, sample, device, storage_options)
-            ray.get(state.put_weights.remote("surrogate", model.clip.state_dict()))
-        actor_kwargs = dict(cfg=cfg.to_dict(), image_format=image_format, gpus_per_actor=gpus_per_actor, threads=threads)
-        writer = {"output_url": output_url, "storage_options": storage_options, "record_url": record_url,
-                  "provenance": provenance, "run_id": run_id}
-        unit_logs = []
+    unit_logs: list[dict] = []
 
-        def consume(summary) -> None:
-            for row in summary.iter_rows():   # streaming: the bar moves as each shard is written
-                counts["retries"] += int(row["retries"])
-                if row["error"]:
-                    failed_shards.append({"shard": row["shard"], "stage": row["stage"], "reason": row["error"]})
-                    progress.shard_done(0, 0)
-                    continue
-                counts["protected"] += int(row["protected"])
-                counts["failed"] += int(row["failed"])
-                unit_logs.extend(json.loads(row["units"]))
-                progress.shard_done(int(row["protected"]), int(row["failed"]))
+    def consume(summary) -> None:
+        for row in summary.iter_rows():   # streaming: the bar moves as each shard is written
+            counts["retries"] += int(row["retries"])
+            unit_logs.extend(json.loads(row["units"]))
+            if row["error"]:
+                failed_shards.append({"shard": row["shard"], "stage": row["stage"], "reason": row["error"]})
+                progress.shard_done(0, 0)
+                continue
+            counts["protected"] += int(row["protected"])
+            counts["failed"] += int(row["failed"])
+            progress.shard_done(int(row["protected"]), int(row["failed"]))
 
-        if partition == "shard":
-            progress.phase("protecting")
-            _protect_shards(todo, num_actors, cores, gpus_per_actor, {**writer, **actor_kwargs, "limits": limit_kwargs},
-                            state, consume, failed_shards, output_url, storage_options)
-        else:
-            progress.phase("features + k-means")
-            sample = _sample_items(ds, FEATURE_SAMPLE)
-            model, feats = bootstrap_features(surrogate_batch(sample, cfg.image_size), [d.raw.caption for d in sample],
-                                              cfg, steps=max(1, cfg.train_steps), device=device)
-            if centroids is None:  # later batches keep the first batch's clusters
-                _, fitted = kmeans(feats, cfg.clusters, cfg.seed)
-                centroids = fitted.tolist()
-            ray.get(state.put_weights.remote("features", {k: v.cpu() for k, v in model.clip.state_dict().items()}))
-            progress.phase("assigning clusters")
-            # every row goes through (unreadable ones get cluster -1 and come out as failure records)
-            assigned = ds.map_batches(ClusterAssigner, batch_format="pandas", batch_size=256,
-                                      compute=_actor_pool(num_actors), num_cpus=1, num_gpus=gpus_per_actor, **NO_RESTARTS,
-                                      fn_constructor_kwargs={"cfg": cfg.to_dict(), "centroids": centroids,
-                                                             "gpus_per_actor": gpus_per_actor, "threads": threads})
-            assigned = assigned.materialize()
-            clusters = assigned.select_columns(["cluster"]).to_pandas()["cluster"]
-            sizes = {int(k): int(v) for k, v in clusters.value_counts().items()}
-            unit_of = pack_clusters(sizes, cfg.unit_size)
-            assigned = assigned.map_batches(_with_unit, batch_format="pandas", fn_kwargs={"unit_of": unit_of})
-            units = len(set(unit_of.values()))
-            actors = min(num_actors, units)
-            actor_kwargs["threads"] = max(1, cores // actors)
-            protected = assigned.groupby("unit", num_partitions=_partitions(units, num_actors)).map_groups(
-                ClusterProtector, batch_format="pandas", compute=_actor_pool(actors), num_gpus=gpus_per_actor,
-                num_cpus=1, fn_constructor_kwargs=actor_kwargs, **NO_RESTARTS)
-            summary = protected.groupby("shard", num_partitions=_partitions(len(todo), num_actors)).map_groups(
-                write_group, batch_format="pandas", fn_kwargs={**writer, "cfg": cfg.to_dict()})
-            progress.phase("protecting")
-            consume(summary)
-        record["units"] = unit_logs
-        ray.kill(state)
+    constructor = {"fit_ref": [fit_ref], "cfg": cfg.to_dict(), "image_format": image_format,
+                   "writer": {"output_url": output_url, "record_url": record_url, "provenance": provenance,
+                              "run_id": run_id, "storage_options": storage_options},
+                   "limits": dataclasses.asdict(limits), "gpus_per_actor": gpus_per_actor, "clustered": clustered}
+    progress.phase("protecting")
+    _protect_windows(windows(todo, window), num_actors, cores, gpus_per_actor, constructor, state_actor, consume,
+                     failed_shards, output_url, storage_options)
+    ray.kill(state_actor)
     progress.phase("done")
     progress.close()
-    record.update({"shards_written": len(todo) - len(failed_shards), "shards_failed": failed_shards,
-                   "samples_protected": counts["protected"], "samples_failed": counts["failed"],
-                   "retries": {"io": counts["retries"] + sum(retry_counts.values()) - retries_before},
-                   "trigger_table": triggers, "trigger_text": {k: decode_trigger(v) for k, v in triggers.items()},
-                   "centroids": centroids, "seconds": round(time.time() - started, 2)})
+    record = {
+        "mempipe_version": __version__, "run_id": run_id, "input": input_url, "output": output_url,
+        "record": record_url, "provenance": provenance, "engine": "ray", "storage_options": redact(storage_options or {}),
+        "config": cfg.to_dict(), "image_format": image_format,
+        "partition": partition, "window": window, "num_actors": num_actors, "gpus_per_actor": gpus_per_actor,
+        "shards_total": len(shards), "shards_done_before": len(shards) - len(todo),
+        "shards_written": len(todo) - len(failed_shards), "shards_failed": failed_shards,
+        "samples_protected": counts["protected"], "samples_failed": counts["failed"],
+        "retries": {"io": counts["retries"]}, **fitted, "units": unit_logs, "seconds": round(time.time() - started, 2),
+    }
     write_run_record(output_url, record_url, record, provenance, storage_options)
     return record
 
 
-def _first_readable(todo: list[str], storage_options: dict | None, limits: ReadLimits, cfg: MEMConfig) -> list[Decoded]:
-    """The shared surrogate's sample: the first shard that can be read (a failing one is skipped here
-    and reported when its actor tries it)."""
-    for url in todo:
-        try:
-            return read_shard(url, storage_options, limits, cfg.image_size).decoded[: cfg.unit_size]
-        except StorageError:
-            continue
-    return []
-
-
-def _protect_shards(todo: list[str], num_actors: int, cores: int, gpus_per_actor: float, constructor: dict, state,
-                    consume, failed_shards: list[dict], output_url: str, storage_options: dict | None) -> None:
-    """The shard partition, surviving a worker that dies (a shard that exhausts memory or crashes a
-    decoder): the shards it had in flight are retried one at a time, alone; one that kills its
-    worker again is quarantined (named in the run's failed shards, no stats file) and the run goes on."""
-    remaining = list(todo)
+def _protect_windows(items: list[list[str]], num_actors: int, cores: int, gpus_per_actor: float, constructor: dict,
+                     state_actor, consume, failed_shards: list[dict], output_url: str,
+                     storage_options: dict | None) -> None:
+    """Stream the windows through an actor pool, surviving a worker that dies: the shards it had in
+    flight are retried one at a time, alone; one that kills its worker again is quarantined (named in
+    the run's failed shards, no stats file) and the run goes on."""
+    remaining = list(items)
     suspects: list[str] = []
     while remaining or suspects:
-        alone = bool(suspects) and not remaining
-        batch = [suspects.pop(0)] if alone else remaining
-        actors = 1 if alone else min(num_actors, len(batch))
-        ds = ray.data.from_items([{"url": u} for u in batch], override_num_blocks=len(batch))
+        alone = not remaining
+        batch = [[suspects.pop(0)]] if alone else remaining
+        actors = 1 if alone else max(1, min(num_actors, len(batch)))
+        ds = ray.data.from_items([{"window": json.dumps(w)} for w in batch], override_num_blocks=len(batch))
         summary = ds.map_batches(
-            ShardProtector, batch_size=1, compute=_actor_pool(actors), num_gpus=gpus_per_actor, num_cpus=1,
+            WindowProtector, batch_size=1, compute=_actor_pool(actors), num_gpus=gpus_per_actor, num_cpus=1,
             **NO_RESTARTS, fn_constructor_kwargs={**constructor, "threads": max(1, cores // actors)})
         try:
             consume(summary)
-            remaining = [] if not alone else remaining
+            remaining = []
         except Exception as exc:  # a worker died: Ray Data stops the whole dataset
-            died = ray.get(state.in_flight.remote())
-            for shard in died:
-                ray.get(state.end.remote(shard))
+            died = ray.get(state_actor.in_flight.remote())
+            ray.get(state_actor.end.remote(died))
             if alone:
-                failed_shards.append({"shard": shard_name(batch[0]), "stage": "protect", "reason":
-                                      f"quarantined: its worker died while protecting it, twice "
+                failed_shards.append({"shard": shard_name(batch[0][0]), "stage": "protect", "reason":
+                                      "quarantined: its worker died while protecting it, alone "
                                       f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})"})
                 continue
             if not died:
                 raise
             done = done_shards(output_url, storage_options)
             reported = {f["shard"] for f in failed_shards}
-            suspects += [u for u in batch if shard_name(u) in died]
-            remaining = [u for u in batch if shard_name(u) not in done and shard_name(u) not in reported
-                         and shard_name(u) not in died]
-
-
+            urls = [u for w in batch for u in w]
+            suspects += [u for u in urls if shard_name(u) in died]
+            left = [u for u in urls if shard_name(u) not in done | reported | set(died)]
+            size = max(len(w) for w in batch)
+            remaining = windows(left, size)

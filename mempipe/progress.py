@@ -40,6 +40,10 @@ class RunProgress:
     def phase(self, name: str) -> None:
         self.bar.set_description_str(name)
 
+    def total(self, shards: int) -> None:
+        """The shards to do, once planning knows them."""
+        self.bar.reset(total=shards)
+
     def shard_done(self, protected: int, failed: int) -> None:
         self.protected += protected
         self.failed += failed

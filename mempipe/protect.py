@@ -11,7 +11,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,18 +19,17 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .engine import MEMConfig, protect_unit
-from .engine.mem import train_shared_surrogate, unit_config
-from .engine.surrogate import ClipModel, build_model
+from .engine.mem import unit_config
+from .engine.surrogate import ClipModel
 from .engine.text import decode_trigger, insert_words
 from .images import (ImageError, ImageFormat, apply_noise_native, decode_rgb, encode, image_pixels, max_abs_delta, psnr,
                      to_surrogate_input)
 from .locations import check_locations
 from .locks import OutputLock
-from .retry import StorageError, retry_counts
+from .retry import retry_counts
 from .shards import (DEFAULT_LIMITS, RawSample, ReadLimits, ShardOutput, done_shards, list_shards, read_samples,
                      shard_name, write_shard)
-from .provenance import (default_record_url, load_surrogate_state, new_run_id, publish, save_surrogate, surrogate_url,
-                         write_private_samples, write_run_record)
+from .provenance import default_record_url, new_run_id, publish, write_private_samples, write_run_record
 from .storage import redact
 
 
@@ -175,46 +174,6 @@ def run_unit(items: list[Decoded], cfg: MEMConfig, fmt: ImageFormat, unit_id: st
     return outputs, summary
 
 
-def shared_surrogate(cfg: MEMConfig, record_url: str, sample: list[Decoded], device: str,
-                     storage_options: dict | None) -> tuple[ClipModel, dict]:
-    """The run's surrogate: loaded from the private record when an earlier run on this output
-    trained it (incremental runs protect against the same model), else trained once by the
-    min-min loop on ``sample`` and saved there as an open_clip checkpoint."""
-    started = time.time()
-    state = load_surrogate_state(record_url, storage_options)
-    info = {"mode": "shared", "unit_train_steps": cfg.unit_train_steps}
-    if state is not None:
-        model = build_model(cfg.arch, cfg.image_size, cfg.context_length)
-        model.clip.load_state_dict(state)
-        info["trained_this_run"] = False
-    else:
-        model = train_shared_surrogate(surrogate_batch(sample, cfg.image_size), [d.raw.caption for d in sample], cfg,
-                                       device).cpu()
-        info.update(trained_this_run=True, sample=len(sample))
-    info["checkpoint"] = (save_surrogate(record_url, model.clip.state_dict(), storage_options) if state is None
-                          else surrogate_url(record_url))
-    info["seconds"] = round(time.time() - started, 2)
-    return model.eval(), info
-
-
-def _groups(todo: list[str], storage_options: dict | None, unit_size: int, limits: ReadLimits, image_size: int,
-            failed_shards: list[dict]) -> Iterator[list[ShardWork]]:
-    """Consecutive shards, read until they hold at least one unit's worth of samples. A shard
-    whose storage keeps failing is named in ``failed_shards`` and left without a stats file."""
-    buffer: list[ShardWork] = []
-    for url in todo:
-        try:
-            buffer.append(read_shard(url, storage_options, limits, image_size))
-        except StorageError as exc:
-            failed_shards.append({"shard": shard_name(url), "stage": "read", "reason": str(exc)})
-            continue
-        if sum(len(w.decoded) for w in buffer) >= unit_size:
-            yield buffer
-            buffer = []
-    if buffer:
-        yield buffer
-
-
 def write_protected_shard(output_url: str, record_url: str, name: str, outputs: list[ShardOutput], cfg: MEMConfig,
                           provenance: str, run_id: str, storage_options: dict | None) -> dict[str, Any]:
     """The private per-sample record first, then the shard as published (its stats file last)."""
@@ -233,11 +192,38 @@ def plan(input_url: str, output_url: str, storage_options: dict | None) -> tuple
     return shards, [s for s in shards if shard_name(s) not in done]
 
 
+def windows(todo: list[str], size: int) -> list[list[str]]:
+    """Work items: consecutive input shards, ``size`` at a time."""
+    return [todo[i:i + size] for i in range(0, len(todo), max(1, size))]
+
+
+def new_version(output_url: str, record_url: str | None, storage_options: dict | None) -> tuple[str, str]:
+    """The first free ``OUTPUT.vN`` (N = 2, 3, ...) and its record, for a run with other settings."""
+    from .storage import filesystem
+
+    base = output_url.rstrip("/")
+    for n in range(2, 1000):
+        candidate = f"{base}.v{n}"
+        fs, path = filesystem(candidate, storage_options)
+        if not fs.exists(path):
+            record = f"{record_url.rstrip('/')}.v{n}" if record_url else default_record_url(candidate)
+            return candidate, record
+    raise ValueError(f"no free version of {output_url} below .v1000")
+
+
+def skipped_message(shards: int, todo: int) -> str:
+    return f"{shards - todo} of {shards} shards already done, skipped"
+
+
 def protect(input_url: str, output_url: str, cfg: MEMConfig, image_format: str = "png",
             storage_options: dict | None = None, device: str | None = None, show_progress: bool = True,
             record_url: str | None = None, provenance: str = "public", limits: ReadLimits = DEFAULT_LIMITS,
-            break_lock: bool = False) -> dict[str, Any]:
-    """Protect every shard under ``input_url`` not already complete under ``output_url``."""
+            break_lock: bool = False, partition: str = "shard", window: int | None = None) -> dict[str, Any]:
+    """Protect, in this process, every shard under ``input_url`` not already complete under ``output_url``:
+    fit once (or load the fit from the record), then protect window by window."""
+    from .fit import fit_summary, fitted_state, run_settings
+    from .windows import Writer, protect_window
+
     record_url = record_url or default_record_url(output_url)
     check_paths(input_url, output_url, record_url)
     if provenance not in ("public", "full"):
@@ -246,61 +232,49 @@ def protect(input_url: str, output_url: str, cfg: MEMConfig, image_format: str =
     fmt = ImageFormat.parse(image_format)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     shards, todo = plan(input_url, output_url, storage_options)
+    if not todo:
+        return {"output": output_url, "record": record_url, "shards_total": len(shards), "shards_written": 0,
+                "shards_failed": [], "samples_protected": 0, "samples_failed": 0, "seconds": 0.0,
+                "nothing_to_do": skipped_message(len(shards), 0)}
+    clustered = partition == "cluster"
+    window = window or default_window(partition)
     with OutputLock(output_url, run_id, storage_options).acquire(break_lock):
-        return _protect_locked(input_url, output_url, cfg, fmt, image_format, storage_options, device, show_progress,
-                               record_url, provenance, limits, run_id, shards, todo)
+        started = time.time()
+        retries_before = Counter(retry_counts)
+        settings = run_settings(cfg, image_format, partition, provenance)
+        state = fitted_state(shards, cfg, settings, record_url, run_id, storage_options, limits, device, clustered)
+        writer = Writer(output_url, record_url, provenance, run_id, storage_options)
+        counts, units, failed_shards = Counter(), [], []
+        bar = tqdm(total=len(todo), desc="shards", unit="shard", disable=not show_progress)
+        for urls in windows(todo, window):
+            for result in protect_window(urls, state, cfg, fmt, writer, limits, device, clustered):
+                units += result.units
+                if result.error:
+                    failed_shards.append({"shard": result.shard, "stage": result.stage, "reason": result.error})
+                else:
+                    counts["protected"] += result.protected
+                    counts["failed"] += result.failed
+                bar.update(1)
+        bar.close()
+        record = {
+            "mempipe_version": __version__, "run_id": run_id, "engine": "local", "input": input_url,
+            "output": output_url, "record": record_url, "provenance": provenance, "partition": partition,
+            "window": window, "storage_options": redact(storage_options or {}), "config": cfg.to_dict(),
+            "image_format": image_format, "device": device,
+            "shards_total": len(shards), "shards_done_before": len(shards) - len(todo),
+            "shards_written": len(todo) - len(failed_shards), "shards_failed": failed_shards,
+            "samples_protected": counts["protected"], "samples_failed": counts["failed"],
+            "retries": dict(Counter(retry_counts) - retries_before), **fit_summary(state, record_url, cfg),
+            "seconds": round(time.time() - started, 2), "units": units,
+        }
+        write_run_record(output_url, record_url, record, provenance, storage_options)
+        return record
 
 
-def _protect_locked(input_url, output_url, cfg, fmt, image_format, storage_options, device, show_progress, record_url,
-                    provenance, limits, run_id, shards, todo) -> dict[str, Any]:
-    started = time.time()
-    retries_before = Counter(retry_counts)
-    counts = Counter()
-    units: list[dict] = []
-    failed_shards: list[dict] = []
-    bar = tqdm(total=len(todo), desc="shards", unit="shard", disable=not show_progress)
-    surrogate, surrogate_info = None, {"mode": cfg.surrogate}
-    for group in _groups(todo, storage_options, cfg.unit_size, limits, cfg.image_size, failed_shards):
-        decoded = [d for w in group for d in w.decoded]
-        if cfg.surrogate == "shared" and surrogate is None and cfg.method != "random" and decoded:
-            surrogate, surrogate_info = shared_surrogate(cfg, record_url, decoded[: cfg.unit_size], device,
-                                                         storage_options)
-        owner = {d.raw.key + "\0" + w.name: w for w in group for d in w.decoded}
-        for number, chunk in enumerate(split_units(decoded, cfg.unit_size)):
-            unit_id = f"{group[0].name}-{number}"
-            rounds = tqdm(total=cfg.outer_iters if cfg.method != "random" else 1, desc=f"unit {unit_id}",
-                          unit="round", leave=False, disable=not show_progress)
+def default_window(partition: str) -> int:
+    """Shards per work item: one for the shard partition; for clusters, enough shards that a
+    window's clusters fill units (see docs/performance.md for the measurement)."""
+    return 1 if partition == "shard" else WINDOW_CLUSTER
 
-            def on_round(entry: dict) -> None:
-                rounds.update(1)
-                rounds.set_postfix(surrogate=f"{entry['surrogate_loss']:.3f}", pgd=f"{entry.get('pgd_loss_last', float('nan')):.3f}")
 
-            outputs, summary = run_unit(chunk, cfg, fmt, unit_id, device, on_round, surrogate=surrogate)
-            rounds.close()
-            units.append(summary)
-            for d, out in zip(chunk, outputs):
-                owner[d.raw.key + "\0" + d.raw.shard].done[out.key] = out
-        for work in group:
-            ordered = [work.done[d.raw.key] for d in work.decoded] + work.failed
-            try:
-                stats = write_protected_shard(output_url, record_url, work.name, ordered, cfg, provenance, run_id,
-                                              storage_options)
-            except StorageError as exc:
-                failed_shards.append({"shard": work.name, "stage": "write", "reason": str(exc)})
-                continue
-            counts["protected"] += stats["successes"]
-            counts["failed"] += stats["failed"]
-            bar.update(1)
-    bar.close()
-    record = {
-        "mempipe_version": __version__, "run_id": run_id, "input": input_url, "output": output_url,
-        "record": record_url, "provenance": provenance,
-        "storage_options": redact(storage_options or {}), "config": cfg.to_dict(), "image_format": image_format,
-        "device": device, "shards_total": len(shards), "shards_done_before": len(shards) - len(todo),
-        "shards_written": len(todo) - len(failed_shards), "shards_failed": failed_shards,
-        "samples_protected": counts["protected"], "samples_failed": counts["failed"],
-        "retries": dict(Counter(retry_counts) - retries_before),
-        "seconds": round(time.time() - started, 2), "units": units, "surrogate": surrogate_info,
-    }
-    write_run_record(output_url, record_url, record, provenance, storage_options)
-    return record
+WINDOW_CLUSTER = 8

@@ -9,7 +9,9 @@ private record (``--record URL``, default ``OUTPUT_mempipe_record`` beside the o
 
     RECORD/run.json               the full run record (config, trigger table, centroids, unit logs)
     RECORD/samples/NNNNN.parquet  per sample: key and its full mempipe object
+    RECORD/fit.json               the fit phase: settings and their hash, centroids, triggers, sample keys
     RECORD/surrogate.pt           the run's shared surrogate (open_clip checkpoint), when it is used
+    RECORD/features.pt            the feature model the clusters were fitted with (cluster partition)
 
 Resume, incremental runs and ``mempipe inspect`` read it from there. ``--provenance full``
 also writes everything into the shards and the output root, as research runs want.
@@ -35,7 +37,6 @@ PUBLIC_RUN_KEYS = ("mempipe_version", "run_id", "engine", "partition", "shards_t
 RUN_RECORD = "mempipe_run.json"     # at the output root
 PRIVATE_RUN = "run.json"            # in the private record
 RECORD_SUFFIX = "_mempipe_record"
-SURROGATE_FILE = "surrogate.pt"
 
 
 def default_record_url(output_url: str) -> str:
@@ -110,31 +111,3 @@ def read_run_record(output_url: str, record_url: str | None, storage_options: di
         if "config" in record:
             return record
     return None
-
-
-def surrogate_url(record_url: str) -> str:
-    return join(record_url, SURROGATE_FILE)
-
-
-def save_surrogate(record_url: str, state_dict: dict, storage_options: dict | None) -> str:
-    """The shared surrogate in the open_clip checkpoint format (a ``state_dict`` entry)."""
-    import torch
-
-    buf = io.BytesIO()
-    torch.save({"state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}}, buf)
-    fs, prefix = filesystem(record_url, storage_options)
-    write_bytes_atomic(fs, join(prefix, SURROGATE_FILE), buf.getvalue())
-    return surrogate_url(record_url)
-
-
-def load_surrogate_state(record_url: str, storage_options: dict | None) -> dict | None:
-    """The shared surrogate's weights from an earlier run on this output, or None."""
-    import torch
-
-    fs, prefix = filesystem(record_url, storage_options)
-    path = join(prefix, SURROGATE_FILE)
-    try:
-        data = read_bytes(fs, path)
-    except FileNotFoundError:
-        return None
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)["state_dict"]

@@ -62,9 +62,10 @@ def test_cluster_partition_with_global_trigger_and_a_faulty_shard(demo_small, tm
     record = private_run(out)
     assert record["engine"] == "ray" and record["trigger_text"]["global"] == triggers.pop()
     assert len(record["centroids"]) == 4 and record["samples_protected"] == len(protected)
-    # a finished run, started again, does nothing
+    # a finished run, started again, does nothing and leaves the run records as they were
+    before = (out / "mempipe_run.json").read_bytes()
     assert main(["protect", str(inp), str(out), "--config", fast_config, "--partition", "cluster", "--quiet"]) == 0
-    assert json.loads((out / "mempipe_run.json").read_text())["shards_written"] == 0
+    assert (out / "mempipe_run.json").read_bytes() == before
 
 
 def test_kill_the_driver_mid_run_then_resume(tmp_path, fast_config):
@@ -120,20 +121,20 @@ def test_s3_to_s3(demo_small, s3_bucket, fast_config):
     record = json.loads(fs.cat_file(f"{s3_bucket}/out/mempipe_run.json"))
     assert os.environ["AWS_SECRET_ACCESS_KEY"] not in json.dumps(record)
     private = sorted(p.rsplit("/", 1)[-1] for p in fs.find(f"{s3_bucket}/out_mempipe_record"))
-    # samples/00000.parquet, the full run record and the run's shared surrogate (the default), all on S3
-    assert private == ["00000.parquet", "run.json", "surrogate.pt"]
+    # samples/00000.parquet, the fit, the full run record and the run's shared surrogate (the default), all on S3
+    assert private == ["00000.parquet", "fit.json", "run.json", "surrogate.pt"]
     assert os.environ["AWS_SECRET_ACCESS_KEY"] not in fs.cat_file(f"{s3_bucket}/out_mempipe_record/run.json").decode()
 
 
-def test_clusters_are_packed_into_bounded_units():
-    from mempipe.pipeline import pack_clusters
+def test_clusters_are_packed_into_bounded_units_and_a_large_one_is_cut():
+    from mempipe.windows import pack_units
 
-    sizes = {0: 900, 1: 700, 2: 400, 3: 300, 4: 2500, -1: 3}
-    unit_of = pack_clusters(sizes, 1000)
-    assert unit_of[-1] == -1
-    loads = {}
-    for cluster, unit in unit_of.items():
-        if cluster >= 0:
-            loads[unit] = loads.get(unit, 0) + sizes[cluster]
-    assert all(load <= 1000 for u, load in loads.items() if u != unit_of[4])  # 4 alone, cut into chunks later
-    assert len(loads) == 4  # {4}, {0}, {1, 3}, {2}: not one unit per cluster
+    sizes = {0: 900, 1: 700, 2: 400, 3: 300, 4: 2500}
+    cluster_of = [c for c, n in sizes.items() for _ in range(n)]
+    units = pack_units(cluster_of, 1000)
+    assert sorted(i for u in units for i in u) == list(range(len(cluster_of)))  # every sample once
+    assert all(len(u) <= 1000 for u in units)
+    of_4 = [u for u in units if {cluster_of[i] for i in u} == {4}]
+    assert len(of_4) == 3 and sorted(len(u) for u in of_4) == [833, 833, 834]   # balanced chunks of one cluster
+    mixed = [sorted({cluster_of[i] for i in u}) for u in units if u not in of_4]
+    assert sorted(mixed) == [[0], [1, 3], [2]]   # whole small clusters share units, first-fit decreasing

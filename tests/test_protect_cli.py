@@ -60,11 +60,12 @@ def test_protect_end_to_end_on_300_demo_samples_with_bad_ones(demo_small, tmp_pa
     record = private_run(out)
     assert record["samples_protected"] == 301 and record["units"][0]["log"]
 
-    # a finished run, started again, does nothing
-    before = (out / "00000.tar").read_bytes()
-    assert main(["protect", str(inp), str(out), *FAST, "--config", fast_config]) == 0
-    assert json.loads((out / "mempipe_run.json").read_text())["shards_written"] == 0
-    assert (out / "00000.tar").read_bytes() == before
+    # a finished run, started again, says so, does nothing and leaves the run records as they were
+    before = {p: p.read_bytes() for p in [out / "00000.tar", out / "mempipe_run.json",
+                                          out.parent / "out_mempipe_record" / "run.json"]}
+    assert main(["protect", str(inp), str(out), *FAST, "--config", fast_config, "--epsilon", "4"]) == 0
+    assert "2 of 2 shards already done, skipped" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in before} == before
 
 
 @pytest.mark.parametrize("method", ["random", "em", "uc", "conv"])

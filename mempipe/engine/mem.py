@@ -91,7 +91,12 @@ class _Unit:
                 self.trigger_group = clusters.to(device)
             elif cfg.trigger_scope == "global":
                 self.trigger_group = torch.zeros(n, dtype=torch.long, device=device)
-            if fixed_trigger is not None:  # a trigger shared across units (the pipeline's global trigger)
+            if fixed_trigger is not None and fixed_trigger.ndim == 2:  # one fitted trigger per cluster of the unit
+                if clusters is None or int(clusters.max()) >= len(fixed_trigger):
+                    raise ValueError("a per-cluster trigger table needs cluster ids 0..rows-1")
+                self.trigger_group = clusters.to(device)
+                self.trigger = fixed_trigger.to(device)
+            elif fixed_trigger is not None:  # a trigger shared across units (the pipeline's global trigger)
                 self.trigger_group = torch.zeros(n, dtype=torch.long, device=device)
                 self.trigger = fixed_trigger.reshape(1, -1).to(device)
             else:
@@ -252,7 +257,8 @@ def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, devi
     """Protect one unit. ``images``: N x 3 x S x S uint8 at the surrogate's resolution.
 
     ``fixed_trigger`` (k ids): use this trigger for every sample and skip the HotFlip search,
-    so that units protected by different workers share one trigger.
+    so that units protected by different workers share one trigger; (G x k, with ``clusters`` in
+    0..G-1): one given trigger per cluster, e.g. the run's fitted per-cluster triggers.
     ``surrogate``: start from (a copy of) this model instead of a fresh one; with the shared
     surrogate the caller passes ``train_steps = unit_train_steps`` (0: the surrogate stays as it
     came, and each round is HotFlip + PGD against it). ``keep_model``: return the trained surrogate.

@@ -1,0 +1,233 @@
+"""The fit phase: everything a run shares, learned once on a bounded sample and saved to the
+private record before any shard is protected.
+
+    sample (seeded, spread over the shards, read shard by shard)
+      -> feature model (a surrogate bootstrapped on the sample, or the configured checkpoint)
+      -> faiss k-means centroids            (cluster partition)
+      -> the shared surrogate (min-min on the sample)
+      -> triggers: global, or one per cluster, searched by HotFlip against the shared surrogate
+      -> RECORD/fit.json, RECORD/features.pt, RECORD/surrogate.pt
+
+A resumed or incremental run loads this state instead of fitting again, so every shard of an
+output is protected against the same centroids, triggers and surrogate. A rerun whose settings
+differ from the fitted ones is refused (the settings are hashed), naming what differs.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .engine import MEMConfig, protect_unit
+from .engine.clusters import kmeans
+from .engine.mem import bootstrap_features, train_shared_surrogate, unit_config
+from .engine.surrogate import ClipModel, build_model
+from .engine.text import decode_trigger
+from .retry import StorageError
+from .shards import ReadLimits
+from .storage import filesystem, join, read_bytes, write_bytes_atomic
+
+FIT_FILE = "fit.json"
+FEATURES_FILE = "features.pt"
+SURROGATE_FILE = "surrogate.pt"
+FEATURE_SAMPLE = 2048         # pairs the feature model and k-means see
+RUNTIME_ONLY = ("precision", "compile", "candidate_chunk")  # how fast, not what is produced
+
+
+class SettingsChanged(ValueError):
+    """A rerun asks for other settings than the ones this output was fitted and protected with."""
+
+
+def run_settings(cfg: MEMConfig, image_format: str, partition: str, provenance: str) -> dict[str, Any]:
+    """What decides the protected bytes of an output; hashed into the record."""
+    engine = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_ONLY}
+    return {"engine": engine, "image_format": image_format, "partition": partition, "provenance": provenance}
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def differing(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """'name: old -> new' for every setting that differs (engine settings by their own name)."""
+    flat_old = {**old.get("engine", {}), **{k: v for k, v in old.items() if k != "engine"}}
+    flat_new = {**new.get("engine", {}), **{k: v for k, v in new.items() if k != "engine"}}
+    return [f"{k}: {flat_old.get(k)!r} -> {flat_new.get(k)!r}" for k in sorted(set(flat_old) | set(flat_new))
+            if flat_old.get(k) != flat_new.get(k)]
+
+
+@dataclass
+class FitState:
+    settings: dict[str, Any]
+    config_hash: str
+    centroids: np.ndarray | None = None
+    triggers: dict[str, list[int]] = field(default_factory=dict)  # "global", or "cluster:<id>"
+    sample_keys: list[str] = field(default_factory=list)
+    surrogate: ClipModel | None = None
+    features: ClipModel | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def cluster_trigger_table(self, clusters: list[int]) -> torch.Tensor | None:
+        """k ids per listed cluster (rows in the order given), for units that hold several clusters."""
+        if not all(f"cluster:{c}" in self.triggers for c in clusters):
+            return None
+        return torch.tensor([self.triggers[f"cluster:{c}"] for c in clusters], dtype=torch.long)
+
+    def global_trigger(self) -> torch.Tensor | None:
+        ids = self.triggers.get("global")
+        return None if ids is None else torch.tensor(ids, dtype=torch.long)
+
+
+# ---------------------------------------------------------------- the sample
+
+def draw_sample(urls: list[str], n: int, seed: int, storage_options: dict | None, limits: ReadLimits,
+                image_size: int) -> list:
+    """Up to ``n`` readable samples spread over the shards: shards in a seeded order, an equal
+    share from each, read one shard at a time (memory: the sample, never the dataset)."""
+    from .protect import read_shard  # the shard reader and decoder the protect phase uses
+
+    rng = np.random.RandomState(seed)
+    order = [urls[i] for i in rng.permutation(len(urls))]
+    share = max(1, math.ceil(n / len(order))) if order else 0
+    sample = []
+    for url in order:
+        if len(sample) >= n:
+            break
+        try:
+            decoded = read_shard(url, storage_options, limits, image_size).decoded
+        except StorageError:
+            continue  # this shard is reported when the protect phase tries it
+        picks = rng.permutation(len(decoded))[: min(share, n - len(sample))]
+        sample += [decoded[i] for i in sorted(picks)]
+    return sample
+
+
+# ---------------------------------------------------------------- fitting
+
+def fit(urls: list[str], cfg: MEMConfig, settings: dict[str, Any], storage_options: dict | None, limits: ReadLimits,
+        device: str, clustered: bool) -> FitState:
+    """Learn the run's shared state on a bounded sample (see the module docstring)."""
+    from .protect import surrogate_batch
+
+    started = time.time()
+    state = FitState(settings, settings_hash(settings))
+    needs_model = cfg.method != "random"
+    size = max(FEATURE_SAMPLE if clustered else 0, cfg.unit_size if needs_model else 0)
+    if cfg.uses_trigger and cfg.trigger_scope == "global":
+        size = max(size, min(cfg.unit_size, FEATURE_SAMPLE))
+    sample = draw_sample(urls, size, cfg.seed, storage_options, limits, cfg.image_size) if size else []
+    state.sample_keys = [f"{d.raw.shard}/{d.raw.key}" for d in sample]
+    images = surrogate_batch(sample, cfg.image_size) if sample else None
+    captions = [d.raw.caption for d in sample]
+    sample_clusters = None
+    if clustered and sample:
+        model, feats = bootstrap_features(images, captions, cfg, steps=max(1, cfg.train_steps), device=device)
+        state.features = model.cpu().eval()
+        ids, centroids = kmeans(feats, min(cfg.clusters, len(sample)), cfg.seed)
+        state.centroids, sample_clusters = np.asarray(centroids, dtype=np.float32), ids
+    if needs_model and cfg.surrogate == "shared" and sample:
+        head = slice(0, cfg.unit_size)
+        state.surrogate = train_shared_surrogate(images[head], captions[head], cfg, device).cpu().eval()
+    if cfg.uses_trigger and sample and state.surrogate is not None:
+        # HotFlip against the shared surrogate on the sample: no min-min of its own
+        search = unit_config(cfg)
+        if cfg.trigger_scope == "global":
+            result = protect_unit(images, captions, search, device, surrogate=state.surrogate)
+            state.triggers["global"] = result.trigger_ids[0].tolist()
+        elif cfg.trigger_scope == "cluster" and sample_clusters is not None:
+            local = torch.unique(sample_clusters, return_inverse=True)
+            result = protect_unit(images, captions, search, device, surrogate=state.surrogate, clusters=local[1])
+            for i, cluster in enumerate(sample_clusters.tolist()):
+                state.triggers.setdefault(f"cluster:{cluster}", result.trigger_ids[i].tolist())
+    state.info = {"sample": len(sample), "shards": len(urls), "seconds": round(time.time() - started, 2),
+                  "device": device}
+    return state
+
+
+# ---------------------------------------------------------------- the record
+
+def _save_model(fs, prefix: str, name: str, model: ClipModel) -> None:
+    buf = io.BytesIO()
+    torch.save({"state_dict": {k: v.detach().cpu() for k, v in model.clip.state_dict().items()}}, buf)
+    write_bytes_atomic(fs, join(prefix, name), buf.getvalue())
+
+
+def _load_model(fs, prefix: str, name: str, cfg: MEMConfig) -> ClipModel | None:
+    try:
+        data = read_bytes(fs, join(prefix, name))
+    except FileNotFoundError:
+        return None
+    model = build_model(cfg.arch, cfg.image_size, cfg.context_length)
+    model.clip.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)["state_dict"])
+    return model.eval()
+
+
+def save_fit(record_url: str, state: FitState, run_id: str, storage_options: dict | None) -> None:
+    """Weights first, then fit.json (the marker that the fit is complete)."""
+    fs, prefix = filesystem(record_url, storage_options)
+    if state.features is not None:
+        _save_model(fs, prefix, FEATURES_FILE, state.features)
+    if state.surrogate is not None:
+        _save_model(fs, prefix, SURROGATE_FILE, state.surrogate)
+    body = {"config_hash": state.config_hash, "settings": state.settings, "run_id": run_id,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "centroids": None if state.centroids is None else state.centroids.tolist(),
+            "triggers": state.triggers, "trigger_text": {k: decode_trigger(v) for k, v in state.triggers.items()},
+            "sample_keys": state.sample_keys, "features": FEATURES_FILE if state.features is not None else None,
+            "surrogate": SURROGATE_FILE if state.surrogate is not None else None, "info": state.info}
+    write_bytes_atomic(fs, join(prefix, FIT_FILE), json.dumps(body, indent=1).encode())
+
+
+def load_fit(record_url: str, cfg: MEMConfig, storage_options: dict | None) -> FitState | None:
+    fs, prefix = filesystem(record_url, storage_options)
+    try:
+        body = json.loads(read_bytes(fs, join(prefix, FIT_FILE)))
+    except FileNotFoundError:
+        return None
+    state = FitState(body["settings"], body["config_hash"],
+                     None if body["centroids"] is None else np.asarray(body["centroids"], dtype=np.float32),
+                     {k: list(v) for k, v in body["triggers"].items()}, body["sample_keys"], info=body["info"])
+    if body.get("surrogate"):
+        state.surrogate = _load_model(fs, prefix, SURROGATE_FILE, cfg)
+    if body.get("features"):
+        state.features = _load_model(fs, prefix, FEATURES_FILE, cfg)
+    state.info = {**body["info"], "fitted_by_run": body["run_id"], "created": body["created"]}
+    return state
+
+
+def fit_summary(state: FitState, record_url: str, cfg: MEMConfig) -> dict[str, Any]:
+    """What the run records say about the fit it used."""
+    loaded = bool(state.info.get("loaded_from_record"))
+    return {"config_hash": state.config_hash, "fit": state.info, "trigger_table": state.triggers,
+            "trigger_text": {k: decode_trigger(v) for k, v in state.triggers.items()},
+            "centroids": None if state.centroids is None else state.centroids.tolist(),
+            "surrogate": {"mode": cfg.surrogate, "trained_this_run": state.surrogate is not None and not loaded,
+                          "sample": state.info.get("sample"),
+                          "checkpoint": join(record_url, SURROGATE_FILE) if state.surrogate is not None else None}}
+
+
+def fitted_state(urls: list[str], cfg: MEMConfig, settings: dict[str, Any], record_url: str, run_id: str,
+                 storage_options: dict | None, limits: ReadLimits, device: str, clustered: bool) -> FitState:
+    """The record's fit when there is one (refused when its settings differ), else a new fit, saved."""
+    existing = load_fit(record_url, cfg, storage_options)
+    wanted = settings_hash(settings)
+    if existing is not None:
+        if existing.config_hash != wanted:
+            changes = "; ".join(differing(existing.settings, settings))
+            raise SettingsChanged(
+                f"this output was protected with other settings ({changes}). Mixing two configurations in one "
+                f"output is refused: rerun with the original settings, or add --new-run to protect into a new "
+                f"output version")
+        existing.info["loaded_from_record"] = True
+        return existing
+    state = fit(urls, cfg, settings, storage_options, limits, device, clustered)
+    save_fit(record_url, state, run_id, storage_options)
+    return state
+
