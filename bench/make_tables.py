@@ -313,6 +313,14 @@ def faults_table() -> str:
     return "\n".join(lines)
 
 
+def planning_line() -> str:
+    data = _result("planning")
+    if data is None:
+        return "(not measured yet: `python bench/planning.py`)"
+    return (f"  {data['one_listing_s']} s instead of {data['one_request_per_shard_s']} s with one request per shard "
+            f"({data['speedup']}x; `bench/planning.py`, {data['shards']} shards, {data['endpoint']}).")
+
+
 TABLES = {
     "effectiveness": effectiveness_table,
     "effectiveness-photo": lambda: effectiveness_table("effectiveness_photo"),
@@ -324,6 +332,7 @@ TABLES = {
     "shortcut-race-photo": lambda: shortcut_race_table("shortcut_race_photo"),
     "performance": performance_table,
     "faults": faults_table,
+    "planning": planning_line,
 }
 
 

@@ -80,7 +80,10 @@ def add_protect_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="mempipe", description="Make image-caption webdataset shards unlearnable (MEM).")
+    parser.add_argument("--version", action="version", version=f"mempipe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo-data", help="write procedural demo shards (OUT/train, OUT/test)")

@@ -32,6 +32,17 @@ def _register_fsspec_urls() -> None:
         gopen.gopen_schemes.setdefault(scheme, opener)
 
 
+def check_defense(defense: str) -> str:
+    """The countermeasures a victim can apply: none, jpeg:Q (1..100), grayscale, strip:K, crop."""
+    kind, _, value = defense.partition(":")
+    ok = (defense in ("none", "grayscale", "crop")
+          or (kind == "jpeg" and value.isdigit() and 1 <= int(value) <= 100)
+          or (kind == "strip" and value.isdigit() and int(value) >= 1))
+    if not ok:
+        raise ValueError(f"unknown --defense {defense!r}: use none, jpeg:Q (Q in 1..100), grayscale, strip:K or crop")
+    return defense
+
+
 def apply_image_defense(image: Image.Image, defense: str) -> Image.Image:
     if defense.startswith("jpeg:"):
         buf = io.BytesIO()

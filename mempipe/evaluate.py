@@ -14,6 +14,9 @@ PREFIX_WORDS = 3
 
 def evaluate(train_url: str, test_url: str, cfg: VictimConfig, defense: str = "none", device: str = "cpu",
              show_progress: bool = True, storage_options: dict | None = None, per_epoch_lines: bool = False) -> dict:
+    from .datasets import check_defense
+
+    check_defense(defense)
     if defense == "crop":
         cfg = VictimConfig(**{**cfg.__dict__, "random_crop": True})
         data_defense = "none"

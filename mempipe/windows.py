@@ -76,11 +76,20 @@ def pack_units(cluster_of: list[int], unit_size: int) -> list[list[int]]:
     return units
 
 
+ASSIGN_BATCH = 512  # samples decoded to the surrogate's size at a time while assigning clusters
+
+
 def assign_clusters(items: list[Decoded], state: FitState, cfg: MEMConfig, device: str) -> list[int]:
-    """Each sample's nearest fitted centroid under the fitted feature model."""
-    feats = sample_features(state.features.to(device), surrogate_batch(items, cfg.image_size),
-                            [d.raw.caption for d in items], cfg, device)
-    return assign(feats, state.centroids).tolist()
+    """Each sample's nearest fitted centroid under the fitted feature model, a batch at a time
+    (a window's samples are never all decoded at once)."""
+    model = state.features.to(device)
+    ids: list[int] = []
+    for start in range(0, len(items), ASSIGN_BATCH):
+        batch = items[start:start + ASSIGN_BATCH]
+        feats = sample_features(model, surrogate_batch(batch, cfg.image_size), [d.raw.caption for d in batch], cfg,
+                                device)
+        ids += assign(feats, state.centroids).tolist()
+    return ids
 
 
 def protect_window(urls: list[str], state: FitState, cfg: MEMConfig, fmt: ImageFormat, writer: Writer,
@@ -91,7 +100,8 @@ def protect_window(urls: list[str], state: FitState, cfg: MEMConfig, fmt: ImageF
     works: list[ShardWork] = []
     for url in urls:
         try:
-            works.append(read_shard(url, writer.storage_options, limits, cfg.image_size))
+            # only encoded bytes are held for the window; pixels are decoded per batch and per unit
+            works.append(read_shard(url, writer.storage_options, limits))
         except StorageError as exc:
             results[shard_name(url)].error, results[shard_name(url)].stage = str(exc), "read"
     items = [d for w in works for d in w.decoded]

@@ -117,9 +117,9 @@ def test_every_subcommand_has_help(capsys):
         assert "usage" in capsys.readouterr().out
 
 
-def test_cluster_partition_needs_ray(demo_small, tmp_path, capsys):
-    assert main(["protect", str(demo_small / "test"), str(tmp_path / "o"), "--partition", "cluster", "--no-ray"]) == 2
-    assert "runs on Ray" in capsys.readouterr().err
+def test_a_window_below_one_is_refused(demo_small, tmp_path, capsys):
+    assert main(["protect", str(demo_small / "test"), str(tmp_path / "o"), "--window", "0", "--no-ray"]) == 2
+    assert "--window must be at least 1" in capsys.readouterr().err
 
 
 def test_random_trigger_placement_through_the_cli(demo_small, tmp_path, fast_config, capsys):
@@ -176,3 +176,15 @@ def test_shared_surrogate_trained_once_saved_and_reused(demo_small, tmp_path, fa
     assert second["shards_written"] == 1 and second["surrogate"]["trained_this_run"] is False
     assert (tmp_path / "out_mempipe_record" / "surrogate.pt").read_bytes() == before
     assert len(list(iter_shard(str(out / "00001.tar")))) == 60
+
+
+def test_version_and_an_unknown_defense_is_refused(tmp_path, capsys):
+    from mempipe import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"mempipe {__version__}"
+    assert main(["eval", "--train", str(tmp_path), "--test", str(tmp_path), "--defense", "blur",
+                 "--out", str(tmp_path / "e")]) == 2
+    assert "unknown --defense 'blur'" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()

@@ -1,0 +1,75 @@
+"""Time to find the done shards of an output with N shard objects on a loopback S3 endpoint.
+
+Before: one request per input shard (does ``NNNNN_stats.json`` exist?). After: one listing of
+the output prefix (``mempipe.shards.done_shards``; S3 pages it by 1,000 keys). moto's server on
+loopback, spoken to by s3fs over HTTP.
+
+    python bench/planning.py --shards 10000
+
+Writes bench/results/planning.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mempipe.shards import done_shards, shard_done  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shards", type=int, default=10000)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "planning.json"))
+    args = parser.parse_args()
+    import boto3
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+                      AWS_DEFAULT_REGION="us-east-1")
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket="plan")
+    names = [f"{i:05d}" for i in range(args.shards)]
+    with ThreadPoolExecutor(16) as pool:  # every other shard is done: a stats file beside its tar
+        list(pool.map(lambda n: client.put_object(Bucket="plan", Key=f"out/{n}_stats.json", Body=b"{}"),
+                      names[::2]))
+    s3fs.S3FileSystem.clear_instance_cache()
+    url = "s3://plan/out"
+    started = time.perf_counter()
+    after = done_shards(url)
+    listing_s = time.perf_counter() - started
+    started = time.perf_counter()
+    before = {n for n in names if shard_done(url, n)}
+    per_shard_s = time.perf_counter() - started
+    assert before == after and len(after) == len(names[::2])
+    result = {"shards": args.shards, "done": len(after), "endpoint": "moto server on loopback, s3fs over HTTP",
+              "one_request_per_shard_s": round(per_shard_s, 2), "one_listing_s": round(listing_s, 3),
+              "speedup": round(per_shard_s / listing_s, 1),
+              "per_shard_request_ms": round(1000 * per_shard_s / args.shards, 2)}
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(json.dumps(result))
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
