@@ -50,7 +50,7 @@ def _result(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-GOAL_TIMES_CHANCE = 2.0   # issue 13: the best method's R@10 at most 2x chance, both directions
+GOAL_TIMES_CHANCE = 2.0   # the best method's R@10 at most 2x chance, both directions
 CONTROL_SHARE_NEEDED = 0.70
 
 
@@ -127,7 +127,7 @@ def goal_table(name: str = "effectiveness_photo", victim: str = "tiny-resnet") -
              "clean's margin above chance that the row takes away (worse direction). A row counts only if it meets "
              f"the goal and its matched control (the same caption edit, nothing optimised) keeps ≥ "
              f"{CONTROL_SHARE_NEEDED:.2f} of clean's margin, in a regime where the per-caption random-words control "
-             "does (issue 13).", "",
+             "does.", "",
              "| row | distance, clean captions | distance, prefixed captions | margin removed | goal met | "
              "matched control: margin it keeps | counts |", "|---|---|---|---|---|---|---|"]
     for g in sorted(table, key=lambda g: max(g["distance_clean"], g["distance_prefixed"])):

@@ -213,6 +213,14 @@ def iter_shard(url: str, storage_options: dict | None = None,
         if current is not None:
             yield _finish(current, members)
 
+    def truncated(reason: str) -> Iterator[RawSample]:
+        """The sample the shard was cut in is failed with the reason (or one record for the shard)."""
+        if current is not None:
+            current.error = current.error or reason
+            yield from flush()
+        else:
+            yield RawSample(key=f"{name}/<truncated>", shard=name, error=reason)
+
     try:
         raw = fs.open(path, "rb")
     except Exception as exc:
@@ -264,12 +272,7 @@ def iter_shard(url: str, storage_options: dict | None = None,
                 problem = "empty file" if not head else _format_problem(head)
                 yield RawSample(key=f"{name}/<unreadable>", shard=name, error=f"{problem} ({exc})")
                 return
-            reason = f"truncated shard after {complete} members ({exc})"
-            if current is not None:
-                current.error = current.error or reason
-                yield from flush()
-            else:
-                yield RawSample(key=f"{name}/<truncated>", shard=name, error=reason)
+            yield from truncated(f"truncated shard after {complete} members ({exc})")
             return
         # tar ends with zero blocks; a shard cut at a member boundary lacks them, and tarfile
         # then stops without an error
@@ -279,12 +282,7 @@ def iter_shard(url: str, storage_options: dict | None = None,
         except Exception as exc:
             raise ShardReadError(f"{type(exc).__name__}: {exc}") from exc
         if len(tail) < 512 or tail.strip(b"\x00"):
-            reason = f"truncated shard after {complete} members (no end-of-archive marker)"
-            if current is not None:
-                current.error = current.error or reason
-                yield from flush()
-            else:
-                yield RawSample(key=f"{name}/<truncated>", shard=name, error=reason)
+            yield from truncated(f"truncated shard after {complete} members (no end-of-archive marker)")
             return
         yield from flush()
 
