@@ -7,7 +7,7 @@ import sys
 
 import yaml
 
-from .engine.config import METHODS, NOISE_SCOPES, OBJECTIVES, PLACEMENTS, PRESETS, SCOPES, VOCABULARIES, preset
+from .engine.config import PRESETS, MEMConfig, preset
 from .retry import StorageError
 from .storage import parse_storage_options
 
@@ -15,46 +15,40 @@ from .storage import parse_storage_options
 EXIT_SHARDS_FAILED = 3  # the run went on, but some shards could not be protected (retry them by rerunning)
 
 
-def _epsilon(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 32:
-        raise argparse.ArgumentTypeError(f"epsilon is in pixel levels out of 255 and must be in 1..32, got {value}")
-    return value
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    """One option per engine setting, made from MEMConfig's fields: the same names, types, choices and
+    help as the config file; bounds are checked by MEMConfig itself, so the two cannot drift."""
+    group = p.add_argument_group("engine settings (each defaults to the preset's value)")
+    for name, kind, choices, text in MEMConfig.field_specs():
+        defaults = "; ".join(f"{preset_name}: {getattr(cfg, name)}" for preset_name, cfg in sorted(PRESETS.items()))
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{text} ({defaults})"
+        if kind is bool:
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            group.add_argument(flag, dest=name, type=kind, choices=choices, default=None, help=help_text,
+                               metavar=None if choices else name.upper())
 
 
 def add_protect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="input shards: folder, s3://bucket/prefix, or a brace pattern")
     p.add_argument("output", help="output prefix (never the input)")
-    p.add_argument("--preset", default="cpu-tiny", help=f"one of {sorted(PRESETS)}")
-    p.add_argument("--config", help="YAML/JSON file of engine settings that override the preset")
-    p.add_argument("--method", choices=METHODS)
+    p.add_argument("--preset", default="cpu-tiny", choices=sorted(PRESETS),
+                   help="engine settings to start from: cpu-tiny (small, minutes on a CPU) or paper (the authors' "
+                        "reference values, for a GPU) (default: %(default)s)")
+    p.add_argument("--config", help="YAML/JSON file of engine settings (the names below, with underscores) that "
+                                    "override the preset; command-line options override both")
     p.add_argument("--storage-options", help="fsspec storage options as JSON (credentials are never logged)")
-    p.add_argument("--trigger-scope", choices=SCOPES)
-    p.add_argument("--noise-scope", choices=NOISE_SCOPES)
-    p.add_argument("--trigger-len", type=int)
-    p.add_argument("--epsilon", type=_epsilon, help="L-inf bound in pixel levels (1..32)")
     p.add_argument("--partition", choices=("cluster", "shard"), default="shard",
-                   help="Ray work units: whole shards, or class-agnostic cluster chunks")
-    p.add_argument("--clusters", type=int)
-    p.add_argument("--cluster-features", choices=("text", "image", "both"))
-    p.add_argument("--cluster-share", type=float, help="cluster+sample noise: the shared pattern's part of epsilon")
-    p.add_argument("--trigger-placement", choices=PLACEMENTS, help="front (the paper) or a random word boundary")
-    p.add_argument("--trigger-vocab", choices=VOCABULARIES, help="words a trigger may use")
-    p.add_argument("--pgd-objective", choices=OBJECTIVES,
-                   help="joint: the noise also minimises the loss with the trigger removed")
-    p.add_argument("--precision", choices=("fp32", "bf16"), help="bf16: autocast on a GPU, fp32 master weights")
-    p.add_argument("--pgd-batch-size", type=int, help="PGD batch (default: the surrogate batch, as the paper)")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the surrogate's towers")
-    p.add_argument("--surrogate", choices=("per-unit", "shared"),
-                   help="shared (default): one surrogate per run (min-min on a sample, saved in the private record, "
-                        "reused by later runs); per-unit: each work unit trains its own from scratch")
-    p.add_argument("--unit-train-steps", type=int, help="shared surrogate: fine-tune steps per round in each unit")
-    p.add_argument("--image-format", default="png", help="keep | png | webp (lossless) | jpeg:Q")
-    p.add_argument("--unit-size", type=int)
-    p.add_argument("--seed", type=int)
+                   help="work units: each shard's samples, or class-agnostic clusters fitted once and packed "
+                        "within windows of shards (default: %(default)s)")
+    add_engine_arguments(p)
+    p.add_argument("--image-format", default="png",
+                   help="keep | png | webp (lossless) | jpeg:Q; keep writes JPEG inputs as PNG (default: %(default)s)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--num-actors", type=int, default=2, help="MEM actors in the Ray pool")
-    p.add_argument("--gpus-per-actor", type=float, default=0.0, help="0 = CPU actors")
+    p.add_argument("--num-actors", type=int, default=2, help="MEM actors in the Ray pool (default: %(default)s)")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0,
+                   help="GPUs per MEM actor and for the fit task; 0 = CPU actors (default: %(default)s)")
     p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: start a local Ray)")
     p.add_argument("--no-ray", action="store_true", help="run in this process, without Ray")
     p.add_argument("--record", help="the owner's private record: triggers, clusters, per-sample measures "
@@ -149,13 +143,7 @@ def engine_config(args: argparse.Namespace):
         if not isinstance(overrides, dict):
             raise ValueError(f"--config {args.config} must hold a mapping of engine settings")
         cfg = cfg.with_overrides(**overrides)
-    return cfg.with_overrides(method=args.method, trigger_scope=args.trigger_scope, noise_scope=args.noise_scope,
-                              trigger_len=args.trigger_len, epsilon=args.epsilon, clusters=args.clusters,
-                              cluster_features=args.cluster_features, unit_size=args.unit_size, seed=args.seed,
-                              cluster_share=args.cluster_share, trigger_placement=args.trigger_placement,
-                              trigger_vocab=args.trigger_vocab, pgd_objective=args.pgd_objective,
-                              precision=args.precision, pgd_batch_size=args.pgd_batch_size, compile=args.compile,
-                              surrogate=args.surrogate, unit_train_steps=args.unit_train_steps)
+    return cfg.with_overrides(**{name: getattr(args, name) for name, *_ in MEMConfig.field_specs()})
 
 
 def _protect(args: argparse.Namespace) -> int:

@@ -92,14 +92,13 @@ def test_protect_baselines_and_formats(demo_small, tmp_path, fast_config, method
     (["protect", "IN", "IN"], "must not be the input"),
     (["protect", "IN", "IN/sub"], "inside the input"),
     (["protect", "IN/missing", "OUT"], "not found"),
-    (["protect", "IN", "OUT", "--preset", "huge"], "unknown preset"),
+    (["protect", "IN", "OUT", "--preset", "huge"], "invalid choice: 'huge'"),
     (["protect", "IN", "OUT", "--image-format", "gif"], "unknown image format"),
 ])
 def test_clear_errors_for_bad_arguments(demo_small, tmp_path, capsys, argv, message):
     argv = [a.replace("IN", str(demo_small / "test")).replace("OUT", str(tmp_path / "o")) for a in argv]
-    with pytest.raises(SystemExit) if "40" in argv else _nullcontext():
-        code = main(argv)
-        assert code == 2
+    with pytest.raises(SystemExit) if "huge" in argv else _nullcontext():   # argparse refuses a choice itself
+        assert main(argv) == 2
     assert message in capsys.readouterr().err
 
 
@@ -188,3 +187,38 @@ def test_version_and_an_unknown_defense_is_refused(tmp_path, capsys):
                  "--out", str(tmp_path / "e")]) == 2
     assert "unknown --defense 'blur'" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+def test_every_engine_setting_is_an_option_and_a_config_key_with_the_same_bounds(tmp_path):
+    from mempipe.cli import build_parser, engine_config
+    from mempipe.engine.config import MEMConfig
+
+    changed = {"method": "uc", "arch": "tiny-resnet", "checkpoint": "model.pt", "image_size": 32, "context_length": 40,
+               "epsilon": 6, "alpha": 2, "pgd_steps": 3, "outer_iters": 4, "train_steps": 7, "hotflip_iters": 1,
+               "candidates": 5, "trigger_len": 2, "trigger_scope": "global", "noise_scope": "cluster", "clusters": 7,
+               "cluster_features": "text", "cluster_share": 0.25, "trigger_placement": "random",
+               "trigger_vocab": "common", "pgd_objective": "trigger", "conv_kernel": 5, "conv_blur": 0.1,
+               "batch_size": 16, "lr": 0.001, "weight_decay": 0.2, "unit_size": 99, "candidate_chunk": 2,
+               "pgd_batch_size": 8, "precision": "bf16", "compile": True, "surrogate": "per-unit",
+               "unit_train_steps": 3, "seed": 9}
+    names = [name for name, *_ in MEMConfig.field_specs()]
+    assert sorted(names) == sorted(changed)  # a new setting must be added here, and so reaches both paths
+    argv = ["protect", "in", "out"]
+    for name, value in changed.items():
+        flag = "--" + name.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    from_cli = engine_config(build_parser().parse_args(argv))
+    config = tmp_path / "c.yaml"
+    config.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in changed.items()))
+    from_file = engine_config(build_parser().parse_args(["protect", "in", "out", "--config", str(config)]))
+    assert from_cli.to_dict() == from_file.to_dict() == {**from_cli.to_dict(), **changed}
+    for bad, message in (({"epsilon": 40}, "1..32"), ({"cluster_share": 1.5}, "cluster_share"),
+                         ({"alpha": 9}, "alpha")):
+        (name, value), = bad.items()
+        with pytest.raises(ValueError, match=message):
+            engine_config(build_parser().parse_args(["protect", "in", "out", "--" + name.replace("_", "-"), str(value)]))
+        config.write_text(f"{name}: {value}\n")
+        with pytest.raises(ValueError, match=message):
+            engine_config(build_parser().parse_args(["protect", "in", "out", "--config", str(config)]))
+    conv = engine_config(build_parser().parse_args(["protect", "in", "out", "--method", "conv", "--epsilon", "100"]))
+    assert conv.epsilon == 100   # conv's own bound, in one place

@@ -118,6 +118,13 @@ class MEMConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def field_specs(cls) -> list[tuple[str, type, tuple | None, str]]:
+        """(name, type, choices, help) for every setting: the one source the command line, the
+        config file and the README's option list are made from."""
+        kinds = {"int": int, "float": float, "str": str, "bool": bool, "str | None": str}
+        return [(f.name, kinds[str(f.type)], CHOICES.get(f.name), HELP[f.name]) for f in fields(cls)]
+
     def with_overrides(self, **overrides: Any) -> "MEMConfig":
         known = {f.name for f in fields(self)}
         unknown = set(overrides) - known
@@ -125,6 +132,49 @@ class MEMConfig:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
+
+CHOICES: dict[str, tuple] = {
+    "method": METHODS, "trigger_scope": SCOPES, "noise_scope": NOISE_SCOPES, "trigger_placement": PLACEMENTS,
+    "trigger_vocab": VOCABULARIES, "pgd_objective": OBJECTIVES, "surrogate": SURROGATES,
+    "cluster_features": ("text", "image", "both"), "precision": ("fp32", "bf16"),
+}
+HELP: dict[str, str] = {
+    "method": "mem (the paper), em (image-only error minimisation), random (uniform noise), uc (one noise per "
+              "cluster), conv (a random blur per cluster; not eps-bounded)",
+    "arch": "surrogate architecture: an open_clip model name (RN50, ViT-B-32, ...) or tiny-vit / tiny-resnet",
+    "checkpoint": "a local open_clip checkpoint for the surrogate (and the feature model)",
+    "image_size": "surrogate input resolution in pixels",
+    "context_length": "surrogate text context length in tokens",
+    "epsilon": "L-inf bound in pixel levels out of 255 (1..32; up to 127 for conv)",
+    "alpha": "PGD step in pixel levels (1..epsilon)",
+    "pgd_steps": "PGD steps per round",
+    "outer_iters": "min-min rounds",
+    "train_steps": "surrogate steps per round (min-min on the fit sample, or per unit with --surrogate per-unit)",
+    "hotflip_iters": "rounds in which HotFlip searches the trigger",
+    "candidates": "HotFlip candidate tokens per trigger position",
+    "trigger_len": "trigger words written in front of each caption (0: no trigger)",
+    "trigger_scope": "one trigger per sample, per cluster, or one for the whole dataset",
+    "noise_scope": "noise per sample, per cluster, or the sum of both",
+    "clusters": "k-means clusters (of the fit sample with --partition cluster; inside a unit otherwise)",
+    "cluster_features": "what the k-means runs on: caption features, image features or both",
+    "cluster_share": "cluster+sample noise: the cluster pattern's share of epsilon (strictly between 0 and 1)",
+    "trigger_placement": "front (the paper) or a random word boundary",
+    "trigger_vocab": "which words a trigger may use",
+    "pgd_objective": "trigger, or joint: the noise also minimises the loss with the trigger removed",
+    "conv_kernel": "conv: filter size (odd)",
+    "conv_blur": "conv: off-centre taps uniform in [0, conv_blur] before normalising",
+    "batch_size": "surrogate batch",
+    "lr": "surrogate AdamW learning rate",
+    "weight_decay": "surrogate AdamW weight decay",
+    "unit_size": "largest work unit in samples (memory follows it, not the dataset)",
+    "candidate_chunk": "candidate trigger sets encoded per text forward (speed only)",
+    "pgd_batch_size": "PGD batch (0: the surrogate batch, as the paper)",
+    "precision": "fp32, or bf16 autocast on a GPU with fp32 master weights (speed only)",
+    "compile": "torch.compile the surrogate's towers (speed only)",
+    "surrogate": "shared: one surrogate fitted per run and reused by later runs; per-unit: each unit trains its own",
+    "unit_train_steps": "shared surrogate: fine-tune steps per round inside a unit (0: frozen)",
+    "seed": "seed of every random choice (sample, clusters, triggers, noise)",
+}
 
 PRESETS: dict[str, MEMConfig] = {
     # The authors' code (MEM-3): RN50 from scratch at 224 px, 20 rounds x (200 surrogate
