@@ -79,9 +79,14 @@ def read_csv_rows(src: str, image_root: str | None, image_column: str | None, ca
                   storage_options: dict | None) -> list[CaptionRow]:
     """A CSV (or TSV) of image paths, relative to ``image_root`` (default: the CSV's folder), and captions."""
     text = _read_text(src, storage_options)
-    dialect = csv.Sniffer().sniff(text[:4096], delimiters=",\t;|")
-    frame = pd.read_csv(io.StringIO(text), sep=dialect.delimiter, dtype=str, keep_default_na=False,
-                        skipinitialspace=True)
+    # the delimiter is read off the header line: captions hold commas (quoted), which can make a
+    # sniff over whole rows fail
+    header = text.splitlines()[0] if text else ""
+    try:
+        delimiter = csv.Sniffer().sniff(header, delimiters=",\t;|").delimiter
+    except csv.Error:
+        delimiter = next((d for d in ("\t", ";", "|") if d in header), ",")
+    frame = pd.read_csv(io.StringIO(text), sep=delimiter, dtype=str, keep_default_na=False, skipinitialspace=True)
     frame.columns = [c.strip() for c in frame.columns]
     image_col = _column(frame, image_column, IMAGE_COLUMNS, "image")
     caption_col = _column(frame, caption_column, CAPTION_COLUMNS, "caption")

@@ -239,7 +239,8 @@ def _run_locked(input_url, output_url, cfg, image_format, storage_options, parti
                               "run_id": run_id, "storage_options": storage_options},
                    "limits": dataclasses.asdict(limits), "gpus_per_actor": gpus_per_actor, "clustered": clustered}
     progress.phase("protecting")
-    _protect_windows(windows(todo, window), num_actors, cores, gpus_per_actor, constructor, state_actor, consume,
+    work = windows(todo, window)
+    _protect_windows(work, num_actors, cores, gpus_per_actor, constructor, state_actor, consume,
                      failed_shards, output_url, storage_options)
     ray.kill(state_actor)
     progress.phase("done")
@@ -249,6 +250,8 @@ def _run_locked(input_url, output_url, cfg, image_format, storage_options, parti
         "record": record_url, "provenance": provenance, "engine": "ray", "storage_options": redact(storage_options or {}),
         "config": cfg.to_dict(), "image_format": image_format,
         "partition": partition, "window": window, "num_actors": num_actors, "gpus_per_actor": gpus_per_actor,
+        # torch threads x concurrent processes <= cores: the fit runs alone, then each actor gets its share
+        "threads": {"cores": cores, "fit_task": cores, "per_actor": max(1, cores // max(1, min(num_actors, len(work))))},
         "shards_total": len(shards), "shards_done_before": len(shards) - len(todo),
         "shards_written": len(todo) - len(failed_shards), "shards_failed": failed_shards,
         "samples_protected": counts["protected"], "samples_failed": counts["failed"],

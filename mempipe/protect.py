@@ -8,6 +8,7 @@ surrogate, so memory follows the unit size, not the dataset.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -260,7 +261,8 @@ def protect(input_url: str, output_url: str, cfg: MEMConfig, image_format: str =
             "mempipe_version": __version__, "run_id": run_id, "engine": "local", "input": input_url,
             "output": output_url, "record": record_url, "provenance": provenance, "partition": partition,
             "window": window, "storage_options": redact(storage_options or {}), "config": cfg.to_dict(),
-            "image_format": image_format, "device": device,
+            "image_format": image_format, "device": device, "threads": {"torch": torch.get_num_threads(),
+                                                                          "processes": 1, "cores": os.cpu_count()},
             "shards_total": len(shards), "shards_done_before": len(shards) - len(todo),
             "shards_written": len(todo) - len(failed_shards), "shards_failed": failed_shards,
             "samples_protected": counts["protected"], "samples_failed": counts["failed"],
