@@ -38,6 +38,7 @@ FIT_FILE = "fit.json"
 FEATURES_FILE = "features.pt"
 SURROGATE_FILE = "surrogate.pt"
 FEATURE_SAMPLE = 2048         # pairs the feature model and k-means see
+FIT_SHARDS = 32               # shards the sample is spread over (more only when they are too small to fill it)
 RUNTIME_ONLY = ("precision", "compile", "candidate_chunk")  # how fast, not what is produced
 
 
@@ -90,12 +91,13 @@ class FitState:
 def draw_sample(urls: list[str], n: int, seed: int, storage_options: dict | None, limits: ReadLimits,
                 image_size: int) -> list:
     """Up to ``n`` readable samples spread over the shards: shards in a seeded order, an equal
-    share from each, read one shard at a time (memory: the sample, never the dataset)."""
+    share from each of ``FIT_SHARDS`` of them (further shards only while the sample is not full),
+    read one shard at a time (memory: the sample, never the dataset)."""
     from .protect import read_shard  # the shard reader and decoder the protect phase uses
 
     rng = np.random.RandomState(seed)
     order = [urls[i] for i in rng.permutation(len(urls))]
-    share = max(1, math.ceil(n / len(order))) if order else 0
+    share = max(1, math.ceil(n / min(len(order), FIT_SHARDS))) if order else 0
     sample = []
     for url in order:
         if len(sample) >= n:
