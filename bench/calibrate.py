@@ -13,7 +13,7 @@ split every epoch. A level is valid when
 
 The pick is the hardest valid level; with none valid, the level where the control keeps
 the largest share (a finding, reported as such). No protected set is trained on here:
-the chosen value is frozen in ``mempipe.demo_data.PHOTO_DIFFICULTY`` and never moved after
+the chosen value is frozen in ``mempipe.data.demo_data.PHOTO_DIFFICULTY`` and never moved after
 protection results are seen (a test checks that constant against calibration.json).
 
     python bench/calibrate.py                              # 8,000 / 500 pairs, 30 epochs, CPU: hours
@@ -37,10 +37,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mempipe.datasets import load_pairs, prefix_random_words  # noqa: E402
-from mempipe.demo_data import write_demo_data  # noqa: E402
-from mempipe.evaluate import PREFIX_WORDS  # noqa: E402
-from mempipe.victim import VictimConfig, train_victim  # noqa: E402
+from mempipe.evaluation.datasets import load_pairs, prefix_random_words  # noqa: E402
+from mempipe.data.demo_data import write_demo_data  # noqa: E402
+from mempipe.evaluation.evaluate import PREFIX_WORDS  # noqa: E402
+from mempipe.evaluation.victim import VictimConfig, train_victim  # noqa: E402
 
 CLEAN_RANGE = (15.0, 70.0)
 CONTROL_SHARE = 0.70

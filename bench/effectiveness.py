@@ -30,14 +30,14 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mempipe.datasets import insert_random_words, prefix_random_words, random_words  # noqa: E402
-from mempipe.demo_data import PHOTO_CAPTIONS_PER_IMAGE, PHOTO_DIFFICULTY, write_demo_data  # noqa: E402
+from mempipe.evaluation.datasets import insert_random_words, prefix_random_words, random_words  # noqa: E402
+from mempipe.data.demo_data import PHOTO_CAPTIONS_PER_IMAGE, PHOTO_DIFFICULTY, write_demo_data  # noqa: E402
 from mempipe.engine import preset  # noqa: E402
-from mempipe.evaluate import evaluate, plot_curves  # noqa: E402
-from mempipe.inspect_output import summarize  # noqa: E402
-from mempipe.protect import protect  # noqa: E402
-from mempipe.shards import ShardOutput, iter_shard, list_shards, shard_name, write_shard  # noqa: E402
-from mempipe.victim import VictimConfig  # noqa: E402
+from mempipe.evaluation.evaluate import evaluate, plot_curves  # noqa: E402
+from mempipe.evaluation.inspect_output import summarize  # noqa: E402
+from mempipe.run.protect import protect  # noqa: E402
+from mempipe.io.shards import ShardOutput, iter_shard, list_shards, shard_name, write_shard  # noqa: E402
+from mempipe.evaluation.victim import VictimConfig  # noqa: E402
 
 # protected variants: name -> engine overrides on the preset
 VARIANTS = {

@@ -31,9 +31,9 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))  # the fault proxy lives with th
 from fault_proxy import FaultProxy  # noqa: E402
 
 from mempipe.cli import main as mempipe  # noqa: E402
-from mempipe.demo_data import write_split  # noqa: E402
-from mempipe.retry import retry_counts  # noqa: E402
-from mempipe.shards import iter_shard  # noqa: E402
+from mempipe.data.demo_data import write_split  # noqa: E402
+from mempipe.io.retry import retry_counts  # noqa: E402
+from mempipe.io.shards import iter_shard  # noqa: E402
 
 
 def free_port() -> int:

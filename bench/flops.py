@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mempipe.demo_data import make_sample  # noqa: E402
+from mempipe.data.demo_data import make_sample  # noqa: E402
 from mempipe.engine import preset  # noqa: E402
 from mempipe.engine.hotflip import _EmbeddingTap  # noqa: E402
 from mempipe.engine.surrogate import _trim_padding, build_model  # noqa: E402

@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mempipe.demo_data import make_sample  # noqa: E402
+from mempipe.data.demo_data import make_sample  # noqa: E402
 from mempipe.engine import mem, preset  # noqa: E402
 
 VARIANTS = {

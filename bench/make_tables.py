@@ -313,6 +313,38 @@ def faults_table() -> str:
     return "\n".join(lines)
 
 
+def memory_table() -> str:
+    data = _result("memory_cluster")
+    windows = _result("windows")
+    if data is None:
+        return "(not measured yet: `python bench/memory.py --partition cluster`)"
+    lines = [f"`bench/memory.py --partition cluster`: {data['actors']} CPU actors, {data['image_px']} px demo images, "
+             "a minimal engine config (the engine's own memory follows `unit_size`, not the dataset), sampled every "
+             "0.25 s. Object store = bytes in use in /dev/shm (Ray's object store) above the level before the run.", "",
+             "| samples | shards | driver peak RSS | largest worker peak RSS | whole tree | object store | "
+             "first shard written after | run |", "|---|---|---|---|---|---|---|---|"]
+    for r in data["runs"]:
+        lines.append(f"| {r['samples']:,} | {r['shards']} | {r['peak_driver_rss_mib']:.0f} MiB | "
+                     f"{r['peak_worker_rss_mib']:.0f} MiB | {r['peak_tree_rss_mib']:.0f} MiB "
+                     f"({r['processes_at_peak']} processes) | {r['peak_object_store_shm_mib']:.0f} MiB | "
+                     f"{r['first_shard_written_after_s']} s | {r['seconds']} s |")
+    first, last = data["runs"][0]["samples"], data["runs"][-1]["samples"]
+    lines += ["", f"Largest ÷ smallest ({last:,} ÷ {first:,} samples): driver {data['ratio_driver']}x, worker "
+              f"{data['ratio_worker']}x, object store {data['ratio_object_store']}x (the sum over every process, "
+              f"{data['ratio_tree']}x, counts one more Ray worker alive at the larger runs' peak)."]
+    if windows:
+        lines += ["", f"What a window changes (`bench/windows.py`: {windows['samples']:,} demo samples in "
+                  f"{windows['shards']} shards of {windows['per_shard']}, {windows['clusters']} fitted clusters, "
+                  f"units of {windows['unit_size']}): every sample gets the cluster a global clustering gives it; a "
+                  "cluster's samples are split into one fragment per window.", "",
+                  "| window (shards) | fragments | mean fragment | median | smallest | units | clusters per unit |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in windows["rows"]:
+            lines.append(f"| {r['window_shards']} | {r['fragments']} | {r['mean_fragment']} | {r['median_fragment']} | "
+                         f"{r['min_fragment']} | {r['units']} | {r['mean_clusters_per_unit']} |")
+    return "\n".join(lines)
+
+
 def planning_line() -> str:
     data = _result("planning")
     if data is None:
@@ -333,6 +365,7 @@ TABLES = {
     "performance": performance_table,
     "faults": faults_table,
     "planning": planning_line,
+    "memory-cluster": memory_table,
 }
 
 

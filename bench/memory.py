@@ -27,7 +27,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mempipe.demo_data import write_demo_data  # noqa: E402
+from mempipe.data.demo_data import write_demo_data  # noqa: E402
 
 MINIMAL = "outer_iters: 1\ntrain_steps: 2\npgd_steps: 1\nhotflip_iters: 1\ncandidates: 2\n"
 

@@ -1,7 +1,7 @@
 """Time to find the done shards of an output with N shard objects on a loopback S3 endpoint.
 
 Before: one request per input shard (does ``NNNNN_stats.json`` exist?). After: one listing of
-the output prefix (``mempipe.shards.done_shards``; S3 pages it by 1,000 keys). moto's server on
+the output prefix (``mempipe.io.shards.done_shards``; S3 pages it by 1,000 keys). moto's server on
 loopback, spoken to by s3fs over HTTP.
 
     python bench/planning.py --shards 10000
@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mempipe.shards import done_shards, shard_done  # noqa: E402
+from mempipe.io.shards import done_shards, shard_done  # noqa: E402
 
 
 def free_port() -> int:

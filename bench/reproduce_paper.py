@@ -38,10 +38,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 from effectiveness import derive, random_words_captions  # noqa: E402
 
 from mempipe.engine import preset  # noqa: E402
-from mempipe.evaluate import evaluate  # noqa: E402
-from mempipe.ingest import read_rows, seeded_split, write_rows  # noqa: E402
-from mempipe.protect import protect  # noqa: E402
-from mempipe.victim import VictimConfig  # noqa: E402
+from mempipe.evaluation.evaluate import evaluate  # noqa: E402
+from mempipe.data.ingest import read_rows, seeded_split, write_rows  # noqa: E402
+from mempipe.run.protect import protect  # noqa: E402
+from mempipe.evaluation.victim import VictimConfig  # noqa: E402
 
 METHODS = {
     "mem3": dict(method="mem", trigger_len=3, trigger_scope="sample"),

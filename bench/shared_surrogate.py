@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mempipe.demo_data import make_sample  # noqa: E402
+from mempipe.data.demo_data import make_sample  # noqa: E402
 from mempipe.engine import preset, protect_unit  # noqa: E402
 from mempipe.engine.mem import train_shared_surrogate, unit_config  # noqa: E402
 

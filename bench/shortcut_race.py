@@ -42,11 +42,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mempipe.datasets import load_pairs  # noqa: E402
-from mempipe.demo_data import PHOTO_DIFFICULTY, write_demo_data  # noqa: E402
+from mempipe.evaluation.datasets import load_pairs  # noqa: E402
+from mempipe.data.demo_data import PHOTO_DIFFICULTY, write_demo_data  # noqa: E402
 from mempipe.engine.clusters import kmeans  # noqa: E402
 from mempipe.engine.text import encode_captions, random_trigger_ids, tokenizer  # noqa: E402
-from mempipe.victim import VictimConfig, train_victim  # noqa: E402
+from mempipe.evaluation.victim import VictimConfig, train_victim  # noqa: E402
 
 # photo style: the class-wise race at eps 8 without grain on top (grain drowns an 8-level pattern)
 PHOTO_SETS = ["clean", "cluster-eps8", "cluster-gray", "trigger-code"]

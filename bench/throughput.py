@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mempipe.demo_data import make_sample  # noqa: E402
+from mempipe.data.demo_data import make_sample  # noqa: E402
 from mempipe.engine import preset, protect_unit  # noqa: E402
 from mempipe.engine.losses import group_swap_losses  # noqa: E402
 from mempipe.engine.surrogate import ClipModel, _trim_padding, build_model  # noqa: E402

@@ -26,12 +26,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mempipe.demo_data import write_split  # noqa: E402
+from mempipe.data.demo_data import write_split  # noqa: E402
 from mempipe.engine.config import preset  # noqa: E402
-from mempipe.fit import FitState, fit  # noqa: E402
-from mempipe.protect import read_shard  # noqa: E402
-from mempipe.shards import DEFAULT_LIMITS, list_shards  # noqa: E402
-from mempipe.windows import assign_clusters, pack_units  # noqa: E402
+from mempipe.run.fit import FitState, fit  # noqa: E402
+from mempipe.run.protect import read_shard  # noqa: E402
+from mempipe.io.shards import DEFAULT_LIMITS, list_shards  # noqa: E402
+from mempipe.run.windows import assign_clusters, pack_units  # noqa: E402
 
 
 def fragments(cluster_of_shard: list[list[int]], window: int, unit_size: int) -> dict:

@@ -8,8 +8,8 @@ import sys
 import yaml
 
 from .engine.config import PRESETS, MEMConfig, preset
-from .retry import StorageError
-from .storage import parse_storage_options
+from .io.retry import StorageError
+from .io.storage import parse_storage_options
 
 
 EXIT_SHARDS_FAILED = 3  # the run went on, but some shards could not be protected (retry them by rerunning)
@@ -147,9 +147,9 @@ def engine_config(args: argparse.Namespace):
 
 
 def _protect(args: argparse.Namespace) -> int:
-    from .images import ImageFormat
-    from .protect import check_paths, protect
-    from .shards import ReadLimits
+    from .io.images import ImageFormat
+    from .run.protect import check_paths, protect
+    from .io.shards import ReadLimits
 
     cfg = engine_config(args)
     ImageFormat.parse(args.image_format)
@@ -159,7 +159,7 @@ def _protect(args: argparse.Namespace) -> int:
     if args.window is not None and args.window < 1:
         raise ValueError("--window must be at least 1")
     if args.new_run:
-        from .protect import new_version
+        from .run.protect import new_version
 
         args.output, args.record = new_version(args.output, args.record, options)
         print(f"mempipe: new run: protecting into {args.output} (record {args.record})", file=sys.stderr)
@@ -168,7 +168,7 @@ def _protect(args: argparse.Namespace) -> int:
                          show_progress=not args.quiet, record_url=args.record, provenance=args.provenance,
                          limits=limits, break_lock=args.break_lock, partition=args.partition, window=args.window)
     else:
-        from .pipeline import run_pipeline
+        from .run.pipeline import run_pipeline
 
         if args.num_actors < 1:
             raise ValueError("--num-actors must be at least 1")
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "demo-data":
-            from .demo_data import DEFAULT_DIFFICULTY, write_demo_data
+            from .data.demo_data import DEFAULT_DIFFICULTY, write_demo_data
 
             if args.difficulty is not None and args.style != "photo":
                 raise ValueError("--difficulty applies to --style photo only")
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "protect":
             return _protect(args)
         if args.command == "ingest":
-            from .ingest import ingest
+            from .data.ingest import ingest
 
             print(json.dumps(ingest(args.src, args.output, args.format, args.captions, args.image_root,
                                     args.annotations, args.image_column, args.caption_column, args.split_file,
@@ -226,11 +226,11 @@ def main(argv: list[str] | None = None) -> int:
                                     parse_storage_options(args.storage_options))))
             return 0
         if args.command == "eval":
-            from .evaluate import main_eval
+            from .evaluation.evaluate import main_eval
 
             return main_eval(args)
         if args.command == "inspect":
-            from .inspect_output import main_inspect
+            from .evaluation.inspect_output import main_inspect
 
             return main_inspect(args)
     except (ValueError, FileNotFoundError, StorageError) as exc:

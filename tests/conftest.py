@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from mempipe.demo_data import write_demo_data
+from mempipe.data.demo_data import write_demo_data
 
 
 def free_port() -> int:

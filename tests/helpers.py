@@ -40,13 +40,13 @@ def sample_members(key: str, caption: str = "a red circle", img: bytes | None = 
 
 def private_meta(out) -> dict:
     """(shard, key) -> the full mempipe object, from the owner's private record beside ``out``."""
-    from mempipe.provenance import default_record_url, read_private_samples
+    from mempipe.io.provenance import default_record_url, read_private_samples
 
     return read_private_samples(default_record_url(str(out)))
 
 
 def private_run(out) -> dict:
-    from mempipe.provenance import PRIVATE_RUN, default_record_url
+    from mempipe.io.provenance import PRIVATE_RUN, default_record_url
 
     with open(default_record_url(str(out)) + "/" + PRIVATE_RUN) as f:
         return json.load(f)

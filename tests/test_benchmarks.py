@@ -31,7 +31,7 @@ def test_gpu_check_runs_end_to_end_on_a_tiny_surrogate(tmp_path):
 
 def test_reproduce_paper_end_to_end_on_a_fake_flickr8k(tmp_path):
     """ingest -> protect (MEM-3, MEM-5, EM, random) + random-words -> victims -> table, tiny models on a CPU."""
-    from mempipe.photo_data import make_photo_sample
+    from mempipe.data.photo_data import make_photo_sample
     from PIL import Image
 
     root = tmp_path / "flickr8k"
@@ -68,7 +68,7 @@ def test_random_words_control_draws_new_words_for_every_shard(demo_small, tmp_pa
     sys.path.insert(0, str(ROOT / "bench"))
     from effectiveness import derive, random_words_captions
 
-    from mempipe.shards import iter_shard
+    from mempipe.io.shards import iter_shard
 
     src = tmp_path / "src"
     src.mkdir()

@@ -2,7 +2,7 @@ import hashlib
 import json
 
 from mempipe.cli import main
-from mempipe.shards import iter_shard
+from mempipe.io.shards import iter_shard
 
 
 def _digest(root):
@@ -59,7 +59,7 @@ def test_the_photo_difficulty_is_the_one_calibration_picked():
     """Frozen before any protected set was trained on: the constant and the calibration record agree."""
     from pathlib import Path
 
-    from mempipe.demo_data import PHOTO_DIFFICULTY
+    from mempipe.data.demo_data import PHOTO_DIFFICULTY
 
     record = json.loads((Path(__file__).resolve().parent.parent / "bench/results/calibration.json").read_text())
     assert record["pick"]["difficulty"] == PHOTO_DIFFICULTY

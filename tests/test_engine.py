@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mempipe.demo_data import make_sample
+from mempipe.data.demo_data import make_sample
 from mempipe.engine import MEMConfig, preset, protect_unit
 from mempipe.engine import mem
 from mempipe.engine.convolution import convolution_noise, random_filters
@@ -14,7 +14,7 @@ from mempipe.engine.hotflip import hotflip_batch
 from mempipe.engine.losses import clip_loss, group_swap_losses
 from mempipe.engine.surrogate import build_model, save_checkpoint
 from mempipe.engine.text import compose, decode_trigger, encode_captions, tokenizer, trigger_vocabulary
-from mempipe.images import apply_noise_native, to_surrogate_input
+from mempipe.io.images import apply_noise_native, to_surrogate_input
 
 TINY = MEMConfig(outer_iters=2, train_steps=4, pgd_steps=3, hotflip_iters=1, candidates=4, batch_size=16,
                  clusters=4, seed=5)

@@ -3,8 +3,8 @@ import pandas as pd
 from PIL import Image
 
 from mempipe.cli import main
-from mempipe.demo_data import make_sample
-from mempipe.shards import iter_shard, list_shards
+from mempipe.data.demo_data import make_sample
+from mempipe.io.shards import iter_shard, list_shards
 
 
 def crawl(tmp_path, http_folder, count: int, size: int, resize_mode: str, broken_links: int = 0):

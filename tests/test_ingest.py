@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from mempipe.cli import main
-from mempipe.shards import iter_shard, list_shards
+from mempipe.io.shards import iter_shard, list_shards
 
 CAPTIONS = {  # image -> its captions (one caption holds a comma, as Flickr8K's do)
     "a.jpg": ["a dog runs, jumps", "a brown dog"],

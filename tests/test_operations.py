@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from mempipe.cli import build_parser, engine_config
-from mempipe.demo_data import write_split
-from mempipe.shards import iter_shard
+from mempipe.data.demo_data import write_split
+from mempipe.io.shards import iter_shard
 
 from conftest import free_port
 from helpers import private_meta, private_run

@@ -12,12 +12,12 @@ import json
 import numpy as np
 import torch
 
-from mempipe.datasets import load_pairs
-from mempipe.demo_data import PHOTO_DIFFICULTY
-from mempipe.images import encode
-from mempipe.photo_data import SHAPE_WORDS, make_photo_sample
-from mempipe.shards import ShardOutput, write_shard
-from mempipe.victim import VictimConfig, train_victim
+from mempipe.evaluation.datasets import load_pairs
+from mempipe.data.demo_data import PHOTO_DIFFICULTY
+from mempipe.io.images import encode
+from mempipe.data.photo_data import SHAPE_WORDS, make_photo_sample
+from mempipe.io.shards import ShardOutput, write_shard
+from mempipe.evaluation.victim import VictimConfig, train_victim
 
 CLASSES = 16
 EPS = 32

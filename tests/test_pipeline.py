@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from mempipe.cli import main
-from mempipe.demo_data import write_split
-from mempipe.shards import iter_shard
+from mempipe.data.demo_data import write_split
+from mempipe.io.shards import iter_shard
 
 from helpers import image_bytes, make_tar, private_meta, private_run, sample_members
 
@@ -127,7 +127,7 @@ def test_s3_to_s3(demo_small, s3_bucket, fast_config):
 
 
 def test_clusters_are_packed_into_bounded_units_and_a_large_one_is_cut():
-    from mempipe.windows import pack_units
+    from mempipe.run.windows import pack_units
 
     sizes = {0: 900, 1: 700, 2: 400, 3: 300, 4: 2500}
     cluster_of = [c for c, n in sizes.items() for _ in range(n)]

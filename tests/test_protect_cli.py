@@ -6,8 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from mempipe.cli import main
-from mempipe.images import decode_rgb
-from mempipe.shards import iter_shard
+from mempipe.io.images import decode_rgb
+from mempipe.io.shards import iter_shard
 from mempipe.engine.text import tokenizer
 
 from helpers import image_bytes, make_tar, sample_members, private_meta, private_run

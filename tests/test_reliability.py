@@ -21,11 +21,11 @@ import pytest
 from PIL import Image
 
 from mempipe.cli import main
-from mempipe.demo_data import write_split
-from mempipe.images import decode_rgb
-from mempipe.locations import check_locations, locate
-from mempipe.locks import LOCK_FILE, OutputLock, OutputLocked
-from mempipe.shards import iter_shard
+from mempipe.data.demo_data import write_split
+from mempipe.io.images import decode_rgb
+from mempipe.io.locations import check_locations, locate
+from mempipe.io.locks import LOCK_FILE, OutputLock, OutputLocked
+from mempipe.io.shards import iter_shard
 
 from fault_proxy import FaultProxy
 from helpers import image_bytes, make_tar, sample_members

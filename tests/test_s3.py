@@ -3,7 +3,7 @@ import json
 import s3fs
 
 from mempipe.cli import main
-from mempipe.shards import ShardOutput, iter_shard, list_shards, shard_done, write_shard
+from mempipe.io.shards import ShardOutput, iter_shard, list_shards, shard_done, write_shard
 
 from helpers import image_bytes
 

@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 from mempipe import storage
-from mempipe.images import ImageError, decode_rgb
-from mempipe.protect import read_shard
-from mempipe.shards import ShardOutput, iter_shard, list_shards, shard_done, write_shard
+from mempipe.io.images import ImageError, decode_rgb
+from mempipe.run.protect import read_shard
+from mempipe.io.shards import ShardOutput, iter_shard, list_shards, shard_done, write_shard
 
 from helpers import image_bytes, make_tar, sample_members
 

@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from mempipe.cli import main
-from mempipe.demo_data import write_split
-from mempipe.shards import done_shards, iter_shard
+from mempipe.data.demo_data import write_split
+from mempipe.io.shards import done_shards, iter_shard
 
 from helpers import private_meta
 

@@ -4,7 +4,7 @@ from argparse import Namespace
 
 import torch
 from mempipe.cli import main
-from mempipe.shards import iter_shard
+from mempipe.io.shards import iter_shard
 
 
 def test_open_clip_train_get_wds_dataset_reads_protected_shards(demo_small, tmp_path):

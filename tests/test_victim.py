@@ -4,8 +4,8 @@ import torch
 from PIL import Image
 
 from mempipe.cli import main
-from mempipe.datasets import apply_caption_defense, apply_image_defense, insert_random_words, prefix_random_words
-from mempipe.victim import retrieval_metrics
+from mempipe.evaluation.datasets import apply_caption_defense, apply_image_defense, insert_random_words, prefix_random_words
+from mempipe.evaluation.victim import retrieval_metrics
 
 
 def test_retrieval_metrics_ranks_and_chance():

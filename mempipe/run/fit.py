@@ -25,14 +25,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .engine import MEMConfig, protect_unit
-from .engine.clusters import kmeans
-from .engine.mem import bootstrap_features, train_shared_surrogate, unit_config
-from .engine.surrogate import ClipModel, build_model
-from .engine.text import decode_trigger
-from .retry import StorageError
-from .shards import ReadLimits
-from .storage import filesystem, join, read_bytes, write_bytes_atomic
+from ..engine import MEMConfig, protect_unit
+from ..engine.clusters import kmeans
+from ..engine.mem import bootstrap_features, train_shared_surrogate, unit_config
+from ..engine.surrogate import ClipModel, build_model
+from ..engine.text import decode_trigger
+from ..io.retry import StorageError
+from ..io.shards import ReadLimits
+from ..io.storage import filesystem, join, read_bytes, write_bytes_atomic
 
 FIT_FILE = "fit.json"
 FEATURES_FILE = "features.pt"

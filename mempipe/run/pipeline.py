@@ -27,16 +27,16 @@ import numpy as np
 import ray
 import torch
 
-from . import __version__
-from .engine import MEMConfig
+from .. import __version__
+from ..engine import MEMConfig
 from .fit import FitState, SettingsChanged, differing, fit_summary, fitted_state, load_fit, run_settings, settings_hash
-from .images import ImageFormat
-from .locks import OutputLock
+from ..io.images import ImageFormat
+from ..io.locks import OutputLock
 from .progress import RunProgress, quiet_ray
 from .protect import check_paths, default_window, plan, skipped_message, windows
-from .provenance import default_record_url, new_run_id, write_run_record
-from .shards import DEFAULT_LIMITS, ReadLimits, done_shards, shard_name
-from .storage import redact
+from ..io.provenance import default_record_url, new_run_id, write_run_record
+from ..io.shards import DEFAULT_LIMITS, ReadLimits, done_shards, shard_name
+from ..io.storage import redact
 from .windows import Writer, pack_units, protect_window
 
 TRIGGER_ACTOR = "mempipe-run-state"
@@ -77,7 +77,7 @@ def fit_task(urls, cfg: dict, settings: dict, record_url: str, run_id: str, stor
 
 
 class WindowProtector:
-    """One window of shards per call: read, assign, protect, write (see :mod:`mempipe.windows`)."""
+    """One window of shards per call: read, assign, protect, write (see :mod:`mempipe.run.windows`)."""
 
     def __init__(self, fit_ref: list, cfg: dict, image_format: str, writer: dict, limits: dict, gpus_per_actor: float,
                  threads: int, clustered: bool) -> None:

@@ -18,20 +18,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
-from .engine import MEMConfig, protect_unit
-from .engine.mem import unit_config
-from .engine.surrogate import ClipModel
-from .engine.text import decode_trigger, insert_words
-from .images import (ImageError, ImageFormat, apply_noise_native, decode_rgb, encode, image_pixels, max_abs_delta, psnr,
+from .. import __version__
+from ..engine import MEMConfig, protect_unit
+from ..engine.mem import unit_config
+from ..engine.surrogate import ClipModel
+from ..engine.text import decode_trigger, insert_words
+from ..io.images import (ImageError, ImageFormat, apply_noise_native, decode_rgb, encode, image_pixels, max_abs_delta, psnr,
                      to_surrogate_input)
-from .locations import check_locations
-from .locks import OutputLock
-from .retry import retry_counts
-from .shards import (DEFAULT_LIMITS, RawSample, ReadLimits, ShardOutput, done_shards, list_shards, read_samples,
+from ..io.locations import check_locations
+from ..io.locks import OutputLock
+from ..io.retry import retry_counts
+from ..io.shards import (DEFAULT_LIMITS, RawSample, ReadLimits, ShardOutput, done_shards, list_shards, read_samples,
                      shard_name, write_shard)
-from .provenance import default_record_url, new_run_id, publish, write_private_samples, write_run_record
-from .storage import redact
+from ..io.provenance import default_record_url, new_run_id, publish, write_private_samples, write_run_record
+from ..io.storage import redact
 
 
 @dataclass
@@ -200,7 +200,7 @@ def windows(todo: list[str], size: int) -> list[list[str]]:
 
 def new_version(output_url: str, record_url: str | None, storage_options: dict | None) -> tuple[str, str]:
     """The first free ``OUTPUT.vN`` (N = 2, 3, ...) and its record, for a run with other settings."""
-    from .storage import filesystem
+    from ..io.storage import filesystem
 
     base = output_url.rstrip("/")
     for n in range(2, 1000):

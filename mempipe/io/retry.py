@@ -1,6 +1,6 @@
 """Retries of whole-file reads and writes, with exponential backoff and jitter (tenacity).
 
-botocore already retries single S3 requests (``standard`` mode, set in :mod:`mempipe.storage`);
+botocore already retries single S3 requests (``standard`` mode, set in :mod:`mempipe.io.storage`);
 this layer retries what botocore cannot: a connection reset in the middle of a streamed body,
 an expired token refreshed by the environment, a read that stalls past its timeout. Only I/O
 errors come here: a malformed shard is a format error, recorded per sample, never retried.

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .engine.losses import clip_loss
-from .engine.surrogate import build_model
-from .engine.text import compose, encode_captions
+from ..engine.losses import clip_loss
+from ..engine.surrogate import build_model
+from ..engine.text import compose, encode_captions
 
 
 @dataclass(frozen=True)

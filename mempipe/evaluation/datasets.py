@@ -12,9 +12,9 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from .engine.text import insert_words, random_trigger_ids, tokenizer, vocabulary_mask, word_boundaries
-from .images import to_surrogate_input
-from .shards import list_shards
+from ..engine.text import insert_words, random_trigger_ids, tokenizer, vocabulary_mask, word_boundaries
+from ..io.images import to_surrogate_input
+from ..io.shards import list_shards
 
 
 def _register_fsspec_urls() -> None:

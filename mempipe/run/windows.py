@@ -17,14 +17,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .engine import MEMConfig
-from .engine.clusters import assign
-from .engine.mem import sample_features
+from ..engine import MEMConfig
+from ..engine.clusters import assign
+from ..engine.mem import sample_features
 from .fit import FitState
-from .images import ImageFormat
+from ..io.images import ImageFormat
 from .protect import Decoded, ShardWork, read_shard, run_unit, split_units, surrogate_batch, write_protected_shard
-from .retry import StorageError, retry_counts
-from .shards import ReadLimits, ShardOutput, shard_name
+from ..io.retry import StorageError, retry_counts
+from ..io.shards import ReadLimits, ShardOutput, shard_name
 
 
 @dataclass

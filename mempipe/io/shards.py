@@ -20,7 +20,7 @@ import braceexpand
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__
+from .. import __version__
 from .images import IMAGE_EXTENSIONS
 from .storage import filesystem, is_local, join, write_bytes_atomic
 
@@ -290,7 +290,7 @@ def iter_shard(url: str, storage_options: dict | None = None,
 def read_samples(url: str, storage_options: dict | None = None,
                  limits: ReadLimits = DEFAULT_LIMITS) -> list[RawSample]:
     """Every sample of one shard, the whole read retried on storage errors (connection resets,
-    throttling, expired tokens); raises :class:`mempipe.retry.StorageError` when they persist."""
+    throttling, expired tokens); raises :class:`mempipe.io.retry.StorageError` when they persist."""
     from .retry import with_retries
 
     return with_retries(f"read shard {shard_name(url)}", lambda: list(iter_shard(url, storage_options, limits)))

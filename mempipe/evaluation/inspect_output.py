@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .images import decode_rgb, psnr, ssim
-from .provenance import default_record_url, read_private_samples, read_run_record
-from .shards import iter_shard, list_shards, shard_name
-from .storage import filesystem, parse_storage_options
+from ..io.images import decode_rgb, psnr, ssim
+from ..io.provenance import default_record_url, read_private_samples, read_run_record
+from ..io.shards import iter_shard, list_shards, shard_name
+from ..io.storage import filesystem, parse_storage_options
 
 
 def summarize(output_url: str, original_url: str | None = None, storage_options: dict | None = None,

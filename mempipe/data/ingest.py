@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .images import ImageError, decode_image
-from .shards import ShardOutput, shard_done, write_shard
-from .storage import filesystem, join
+from ..io.images import ImageError, decode_image
+from ..io.shards import ShardOutput, shard_done, write_shard
+from ..io.storage import filesystem, join
 
 FORMATS = ("csv", "flickr8k", "flickr30k", "coco")
 IMAGE_COLUMNS = ("images", "image", "filepath", "file_name", "image_path", "path", "image_name")

@@ -16,8 +16,8 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .shards import ShardOutput, write_shard
-from .storage import join
+from ..io.shards import ShardOutput, write_shard
+from ..io.storage import join
 
 COLOURS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (235, 215, 40),

@@ -1,0 +1,1 @@
+"""Victims, retrieval metrics, countermeasures, and inspect."""

@@ -1,0 +1,1 @@
+"""Storage and formats: fsspec URLs, shards, images, locations, locks, retries, records."""

@@ -1,0 +1,1 @@
+"""The runners around the engine: the fit phase, windows, the local and the Ray pipeline, progress."""
