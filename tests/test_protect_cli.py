@@ -222,3 +222,9 @@ def test_every_engine_setting_is_an_option_and_a_config_key_with_the_same_bounds
             engine_config(build_parser().parse_args(["protect", "in", "out", "--config", str(config)]))
     conv = engine_config(build_parser().parse_args(["protect", "in", "out", "--method", "conv", "--epsilon", "100"]))
     assert conv.epsilon == 100   # conv's own bound, in one place
+
+
+def test_inspect_warns_and_fails_on_shards_that_are_not_mempipe_output(demo_small, capsys):
+    assert main(["inspect", str(demo_small / "test")]) == 1
+    err = capsys.readouterr().err
+    assert "not written by mempipe protect" in err and "0 protected samples" in err

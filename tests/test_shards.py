@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from mempipe import storage
+from mempipe.io import storage
 from mempipe.io.images import ImageError, decode_rgb
 from mempipe.run.protect import read_shard
 from mempipe.io.shards import ShardOutput, iter_shard, list_shards, shard_done, write_shard
