@@ -268,7 +268,7 @@ def test_stale_locks_taken_over_on_this_host_broken_on_request_elsewhere(tmp_pat
     with pytest.raises(OutputLocked, match="another-node"):
         OutputLock(str(out), "new").acquire()
     with OutputLock(str(out), "new").acquire(break_lock=True):
-        pass
+        assert json.loads((out / LOCK_FILE).read_text())["run_id"] == "new"
     assert not (out / LOCK_FILE).exists()
 
 
