@@ -28,7 +28,7 @@ from mempipe.io.locks import LOCK_FILE, OutputLock, OutputLocked
 from mempipe.io.shards import iter_shard
 
 from fault_proxy import FaultProxy
-from helpers import image_bytes, make_tar, sample_members
+from helpers import make_tar, sample_members
 
 FAST = "outer_iters: 2\ntrain_steps: 4\npgd_steps: 2\nhotflip_iters: 1\ncandidates: 4\nbatch_size: 32\n"
 

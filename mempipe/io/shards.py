@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from .. import __version__
 from .images import IMAGE_EXTENSIONS
-from .storage import filesystem, is_local, join, write_bytes_atomic
+from .storage import filesystem, join, write_bytes_atomic
 
 _MEMBER = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's key/extension split
 FIXED_MTIME = 0  # identical bytes on every rerun
@@ -403,7 +403,7 @@ def done_shards(out_url: str, storage_options: dict | None = None) -> set[str]:
 
     def listing() -> list[str]:
         try:
-            return fs.ls(prefix, detail=False, refresh=True) if not is_local(fs) else fs.ls(prefix, detail=False)
+            return fs.ls(prefix, detail=False, refresh=True)  # refresh: never a cached listing
         except FileNotFoundError:
             return []
 

@@ -215,21 +215,29 @@ def fit_summary(state: FitState, record_url: str, cfg: MEMConfig) -> dict[str, A
                           "checkpoint": join(record_url, SURROGATE_FILE) if state.surrogate is not None else None}}
 
 
+def refuse_changed_settings(record_url: str, settings: dict[str, Any], storage_options: dict | None) -> bool:
+    """Refuse (SettingsChanged) when the record's fit was made with other settings, naming what
+    differs; True when the record holds a fit of these settings. Reads fit.json only, no weights."""
+    fs, prefix = filesystem(record_url, storage_options)
+    try:
+        body = json.loads(read_bytes(fs, join(prefix, FIT_FILE)))
+    except FileNotFoundError:
+        return False
+    if body["config_hash"] != settings_hash(settings):
+        raise SettingsChanged(
+            f"this output was protected with other settings ({'; '.join(differing(body['settings'], settings))}). "
+            "Mixing two configurations in one output is refused: rerun with the original settings, or add "
+            "--new-run to protect into a new output version")
+    return True
+
+
 def fitted_state(urls: list[str], cfg: MEMConfig, settings: dict[str, Any], record_url: str, run_id: str,
                  storage_options: dict | None, limits: ReadLimits, device: str, clustered: bool) -> FitState:
     """The record's fit when there is one (refused when its settings differ), else a new fit, saved."""
-    existing = load_fit(record_url, cfg, storage_options)
-    wanted = settings_hash(settings)
-    if existing is not None:
-        if existing.config_hash != wanted:
-            changes = "; ".join(differing(existing.settings, settings))
-            raise SettingsChanged(
-                f"this output was protected with other settings ({changes}). Mixing two configurations in one "
-                f"output is refused: rerun with the original settings, or add --new-run to protect into a new "
-                f"output version")
+    if refuse_changed_settings(record_url, settings, storage_options):
+        existing = load_fit(record_url, cfg, storage_options)
         existing.info["loaded_from_record"] = True
         return existing
     state = fit(urls, cfg, settings, storage_options, limits, device, clustered)
     save_fit(record_url, state, run_id, storage_options)
     return state
-

@@ -29,17 +29,17 @@ import torch
 
 from .. import __version__
 from ..engine import MEMConfig
-from .fit import FitState, SettingsChanged, differing, fit_summary, fitted_state, load_fit, run_settings, settings_hash
+from .fit import FitState, fit_summary, fitted_state, refuse_changed_settings, run_settings
 from ..io.images import ImageFormat
 from ..io.locks import OutputLock
 from .progress import RunProgress, quiet_ray
-from .protect import check_paths, default_window, plan, skipped_message, windows
+from .protect import check_paths, check_provenance, default_window, nothing_to_do, plan, windows
 from ..io.provenance import default_record_url, new_run_id, write_run_record
 from ..io.shards import DEFAULT_LIMITS, ReadLimits, done_shards, shard_name
 from ..io.storage import redact
 from .windows import Writer, pack_units, protect_window
 
-TRIGGER_ACTOR = "mempipe-run-state"
+RUN_STATE_ACTOR = "mempipe-run-state"
 FAULT_ENV = "MEMPIPE_FAULT_KILL_SHARD"  # fault injection for tests: a worker dies on this shard
 SUMMARY_COLUMNS = ("shard", "protected", "failed", "units", "error", "stage", "retries")
 __all__ = ["run_pipeline", "pack_units"]
@@ -89,7 +89,7 @@ class WindowProtector:
         self.writer = Writer(**writer)
         self.limits = ReadLimits(**limits)
         self.clustered = clustered
-        self.run_state = ray.get_actor(TRIGGER_ACTOR)
+        self.run_state = ray.get_actor(RUN_STATE_ACTOR)
 
     def __call__(self, batch: dict) -> dict:
         rows = []
@@ -163,16 +163,6 @@ def _absolute(url: str | None) -> str | None:
     return os.path.abspath(os.path.expanduser(url))
 
 
-def check_settings(record_url: str, cfg: MEMConfig, settings: dict, storage_options: dict | None) -> None:
-    """Refuse, on the driver and before any work, a rerun with other settings than the record's fit."""
-    existing = load_fit(record_url, cfg, storage_options)
-    if existing is not None and existing.config_hash != settings_hash(settings):
-        raise SettingsChanged(
-            f"this output was protected with other settings ({'; '.join(differing(existing.settings, settings))}). "
-            "Mixing two configurations in one output is refused: rerun with the original settings, or add "
-            "--new-run to protect into a new output version")
-
-
 def run_pipeline(input_url: str, output_url: str, cfg: MEMConfig, image_format: str = "png",
                  storage_options: dict | None = None, partition: str = "shard", num_actors: int = 2,
                  gpus_per_actor: float = 0.0, ray_address: str | None = None, record_url: str | None = None,
@@ -183,19 +173,16 @@ def run_pipeline(input_url: str, output_url: str, cfg: MEMConfig, image_format: 
     record_url = _absolute(record_url) or default_record_url(output_url)
     check_paths(input_url, output_url, record_url)
     ImageFormat.parse(image_format)
-    if provenance not in ("public", "full"):
-        raise ValueError(f"--provenance is public or full, got {provenance!r}")
+    check_provenance(provenance)
     run_id = new_run_id()
     progress = RunProgress(0, enabled=show_progress)
     progress.phase("planning")
     shards, todo = plan(input_url, output_url, storage_options)
     if not todo:
         progress.close()
-        return {"output": output_url, "record": record_url, "shards_total": len(shards), "shards_written": 0,
-                "shards_failed": [], "samples_protected": 0, "samples_failed": 0, "seconds": 0.0,
-                "nothing_to_do": skipped_message(len(shards), 0)}
+        return nothing_to_do(output_url, record_url, shards)
     settings = run_settings(cfg, image_format, partition, provenance)
-    check_settings(record_url, cfg, settings, storage_options)
+    refuse_changed_settings(record_url, settings, storage_options)   # on the driver, before any work
     with OutputLock(output_url, run_id, storage_options).acquire(break_lock):
         return _run_locked(input_url, output_url, cfg, image_format, storage_options, partition, num_actors,
                            gpus_per_actor, ray_address, record_url, provenance, verbose, limits, run_id, shards,
@@ -212,7 +199,7 @@ def _run_locked(input_url, output_url, cfg, image_format, storage_options, parti
     init_ray(ray_address, num_actors, verbose)
     cores = os.cpu_count() or 1
     clustered = partition == "cluster"
-    state_actor = RunState.options(name=TRIGGER_ACTOR, get_if_exists=True).remote()
+    state_actor = RunState.options(name=RUN_STATE_ACTOR, get_if_exists=True).remote()
     progress.phase("fit")
     summary_ref, fit_ref = fit_task.options(num_gpus=gpus_per_actor, num_returns=2).remote(
         shards, cfg.to_dict(), settings, record_url, run_id, storage_options, limits, _device(gpus_per_actor),

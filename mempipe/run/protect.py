@@ -54,7 +54,6 @@ class ShardWork:
     name: str
     failed: list[ShardOutput] = field(default_factory=list)
     decoded: list[Decoded] = field(default_factory=list)
-    done: dict[str, ShardOutput] = field(default_factory=dict)
 
 
 class PixelBudget:
@@ -212,8 +211,16 @@ def new_version(output_url: str, record_url: str | None, storage_options: dict |
     raise ValueError(f"no free version of {output_url} below .v1000")
 
 
-def skipped_message(shards: int, todo: int) -> str:
-    return f"{shards - todo} of {shards} shards already done, skipped"
+def check_provenance(provenance: str) -> None:
+    if provenance not in ("public", "full"):
+        raise ValueError(f"--provenance is public or full, got {provenance!r}")
+
+
+def nothing_to_do(output_url: str, record_url: str, shards: list[str]) -> dict[str, Any]:
+    """The result of a run that found every shard done: the run records are left as they were."""
+    return {"output": output_url, "record": record_url, "shards_total": len(shards), "shards_written": 0,
+            "shards_failed": [], "samples_protected": 0, "samples_failed": 0, "seconds": 0.0,
+            "nothing_to_do": f"{len(shards)} of {len(shards)} shards already done, skipped"}
 
 
 def protect(input_url: str, output_url: str, cfg: MEMConfig, image_format: str = "png",
@@ -227,16 +234,13 @@ def protect(input_url: str, output_url: str, cfg: MEMConfig, image_format: str =
 
     record_url = record_url or default_record_url(output_url)
     check_paths(input_url, output_url, record_url)
-    if provenance not in ("public", "full"):
-        raise ValueError(f"--provenance is public or full, got {provenance!r}")
+    check_provenance(provenance)
     run_id = new_run_id()
     fmt = ImageFormat.parse(image_format)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     shards, todo = plan(input_url, output_url, storage_options)
     if not todo:
-        return {"output": output_url, "record": record_url, "shards_total": len(shards), "shards_written": 0,
-                "shards_failed": [], "samples_protected": 0, "samples_failed": 0, "seconds": 0.0,
-                "nothing_to_do": skipped_message(len(shards), 0)}
+        return nothing_to_do(output_url, record_url, shards)
     clustered = partition == "cluster"
     window = window or default_window(partition)
     with OutputLock(output_url, run_id, storage_options).acquire(break_lock):
