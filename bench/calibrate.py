@@ -124,6 +124,10 @@ def merge(parts: list[Path], out: Path) -> int:
 
 
 def main() -> int:
+    if "--regime" in sys.argv:   # the fine-tuning regime: public pretrained stand-ins (bench/finetune_regime.py)
+        from bench.finetune_regime import calibrate_main
+
+        return calibrate_main(sys.argv[1:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--levels", default="0.2,0.5,0.8")
     parser.add_argument("--train", type=int, default=8000)

@@ -215,6 +215,10 @@ def merge(parts: list[Path], out: Path) -> int:
 
 
 def main() -> int:
+    if "--regime" in sys.argv:   # the fine-tuning regime: public pretrained stand-ins (bench/finetune_regime.py)
+        from bench.finetune_regime import effectiveness_main
+
+        return effectiveness_main(sys.argv[1:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rows", default=",".join(DEFAULT_ORDER))

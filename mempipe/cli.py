@@ -7,7 +7,7 @@ import sys
 
 import yaml
 
-from .engine.config import PRESETS, MEMConfig, preset
+from .engine.config import PRESETS, PRETRAINED_PRESETS, MEMConfig, preset
 from .io.retry import StorageError
 from .io.storage import parse_storage_options
 
@@ -34,8 +34,9 @@ def add_protect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="input shards: folder, s3://bucket/prefix, or a brace pattern")
     p.add_argument("output", help="output prefix (never the input)")
     p.add_argument("--preset", default="cpu-tiny", choices=sorted(PRESETS),
-                   help="engine settings to start from: cpu-tiny (small, minutes on a CPU) or paper (the authors' "
-                        "reference values, for a GPU) (default: %(default)s)")
+                   help="engine settings to start from: cpu-tiny (small, minutes on a CPU), paper (the authors' "
+                        "reference values, from scratch, for a GPU) or finetune (the authors' values against a "
+                        "pretrained surrogate: needs --checkpoint) (default: %(default)s)")
     p.add_argument("--config", help="YAML/JSON file of engine settings (the names below, with underscores) that "
                                     "override the preset; command-line options override both")
     p.add_argument("--storage-options", help="fsspec storage options as JSON (credentials are never logged)")
@@ -86,8 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--test", type=int, required=True)
     demo.add_argument("--size", type=int, default=64)
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--style", choices=("scenes", "photo"), default="scenes",
-                      help="scenes: flat shapes, learned fast; photo: 1/f clutter, shape-only identity, learned slowly")
+    demo.add_argument("--style", choices=("scenes", "photo", "owner", "web"), default="scenes",
+                      help="scenes: flat shapes, learned fast; photo: 1/f clutter, shape-only identity, learned "
+                           "slowly; owner: photo with only the shapes the public stand-in models never saw; web: "
+                           "the stand-ins' alt-text-like pretraining corpus")
     demo.add_argument("--difficulty", type=float, default=None,
                       help="photo style only: the nuisance knob in [0, 1] (default: the calibrated value)")
     demo.add_argument("--captions-per-image", type=int, default=1,
@@ -100,8 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="train a victim CLIP on shards, test retrieval on clean data")
     ev.add_argument("--train", required=True)
     ev.add_argument("--test", required=True)
-    ev.add_argument("--victim", default="tiny-resnet")
-    ev.add_argument("--epochs", type=int, default=30)
+    ev.add_argument("--victim", default="tiny-resnet",
+                    help="architecture trained from scratch, or of --init (default: %(default)s)")
+    ev.add_argument("--init", metavar="CHECKPOINT",
+                    help="fine-tune this open_clip checkpoint (a public pretrained CLIP) instead of training from "
+                         "scratch; reports zero-shot retrieval, the fine-tuned one and the gain")
+    ev.add_argument("--model-config", metavar="FILE", help="open_clip model-config JSON of --init")
+    ev.add_argument("--epochs", type=int, default=None, help="default: 30 from scratch, 10 fine-tuning")
+    ev.add_argument("--lr", type=float, default=None, help="default: 1e-3 from scratch, 1e-5 fine-tuning")
+    ev.add_argument("--seeds", type=int, default=1, help="victims with seeds SEED, SEED+1, ...: mean and sd")
     ev.add_argument("--defense", default="none", help="none | jpeg:Q | grayscale | strip:K | crop")
     ev.add_argument("--out", required=True)
     ev.add_argument("--seed", type=int, default=0)
@@ -143,7 +153,13 @@ def engine_config(args: argparse.Namespace):
         if not isinstance(overrides, dict):
             raise ValueError(f"--config {args.config} must hold a mapping of engine settings")
         cfg = cfg.with_overrides(**overrides)
-    return cfg.with_overrides(**{name: getattr(args, name) for name, *_ in MEMConfig.field_specs()})
+    from .engine.surrogate import with_model_config
+
+    cfg = with_model_config(cfg.with_overrides(**{name: getattr(args, name) for name, *_ in MEMConfig.field_specs()}))
+    if args.preset in PRETRAINED_PRESETS and not cfg.checkpoint:
+        raise ValueError(f"--preset {args.preset} continues a pretrained surrogate: give --checkpoint FILE "
+                         "(and --model-config FILE for a model that is not an open_clip name)")
+    return cfg
 
 
 def _protect(args: argparse.Namespace) -> int:
@@ -207,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo-data":
             from .data.demo_data import DEFAULT_DIFFICULTY, write_demo_data
 
-            if args.difficulty is not None and args.style != "photo":
-                raise ValueError("--difficulty applies to --style photo only")
+            if args.difficulty is not None and args.style not in ("photo", "owner"):
+                raise ValueError("--difficulty applies to --style photo and owner only")
             difficulty = DEFAULT_DIFFICULTY if args.difficulty is None else args.difficulty
             print(json.dumps(write_demo_data(args.out, args.train, args.test, args.size, args.seed,
                                              parse_storage_options(args.storage_options), style=args.style,

@@ -157,7 +157,7 @@ def _jpeg(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-STYLES = ("scenes", "photo")
+STYLES = ("scenes", "photo", "owner", "web")
 # The photo style's difficulty, frozen by bench/calibrate.py on clean and random-words curves
 # alone (bench/results/calibration.json) before any protected set was trained on. Never tuned
 # after seeing protection results; tests/test_demo_data.py checks it against that file.
@@ -175,6 +175,14 @@ def sample_for(style: str, index: int, size: int, seed: int, difficulty: float =
         from .photo_data import make_photo_sample
 
         return make_photo_sample(index, size, seed, difficulty, caption_variant)
+    if style == "owner":   # the fine-tuning regime: shapes the public stand-in models never saw
+        from .web_corpus import make_owner_sample
+
+        return make_owner_sample(index, size, seed, difficulty, caption_variant)
+    if style == "web":     # the public stand-ins' pretraining corpus
+        from .web_corpus import make_web_sample
+
+        return make_web_sample(index, size, seed)
     raise ValueError(f"unknown demo-data style {style!r}; choose from {STYLES}")
 
 
@@ -189,11 +197,11 @@ def write_split(out_url: str, count: int, size: int, seed: int, first_index: int
     """
     if captions_per_image < 1:
         raise ValueError(f"captions_per_image must be at least 1, got {captions_per_image}")
-    if captions_per_image > 1 and style != "photo":
+    if captions_per_image > 1 and style not in ("photo", "owner"):
         raise ValueError("several captions per image: photo style only")
     shards = (count + per_shard - 1) // per_shard
     generator = {"generator": "mempipe demo-data", "seed": seed, "size": size, "style": style}
-    if style == "photo":
+    if style in ("photo", "owner"):
         generator["difficulty"] = difficulty
     if captions_per_image > 1:
         generator["captions_per_image"] = captions_per_image
@@ -230,7 +238,7 @@ def write_demo_data(out_url: str, train: int, test: int, size: int = 64, seed: i
     n_test = write_split(join(out_url, "test"), test, size, seed, 10_000_000, **options)
     out = {"train": train, "test": test, "train_shards": n_train, "test_shards": n_test, "size": size, "seed": seed,
            "style": style}
-    if style == "photo":
+    if style in ("photo", "owner"):
         out["difficulty"] = difficulty
     if captions_per_image > 1:
         out["captions_per_image"] = captions_per_image

@@ -44,6 +44,11 @@ SHAPE_WORDS = {
     "frame": ["frame", "hollow square"],
 }
 SHAPES = list(SHAPE_WORDS)
+# The fine-tuning regime splits the shapes: public stand-in models are pretrained on one half
+# (the shapes the flat demo scenes draw too), and the owner's data holds the other half,
+# concepts those models never saw.
+PUBLIC_SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "bar")
+OWNER_SHAPES = tuple(s for s in SHAPES if s not in PUBLIC_SHAPES)
 SIZE_WORDS = {"small": ["small", "tiny", "little"], "large": ["large", "big", "huge"]}
 PLACE_WORDS = {
     "left": ["on the left", "at the left"], "right": ["on the right", "at the right"],
@@ -201,16 +206,17 @@ def _phrase(rng, obj: dict) -> str:
 
 
 def make_photo_sample(index: int, size: int, seed: int, difficulty: float,
-                      caption_variant: int = 0) -> tuple[np.ndarray, str, dict]:
+                      caption_variant: int = 0, shapes: tuple[str, ...] | None = None) -> tuple[np.ndarray, str, dict]:
     """One photo-like image and one of its captions, fully determined by the arguments.
 
     Variant 0 is the caption drawn right after the image (the single-caption data set);
     variants 1, 2, ... are further captions of the same image, as Flickr8K and COCO give five
     annotators' captions per photo: same objects, independently drawn words and structure.
+    ``shapes``: draw the objects from these shapes only (default: all of them).
     """
     if not 0.0 <= difficulty <= 1.0:
         raise ValueError(f"difficulty must be in [0, 1], got {difficulty}")
-    pixels, objects, n_distractors, rng_state = _photo_image(index, size, seed, difficulty)
+    pixels, objects, n_distractors, rng_state = _photo_image(index, size, seed, difficulty, shapes)
     rng = np.random.RandomState()
     if caption_variant:
         rng.seed((seed * 1_000_003 + index * 7 + 54321 + caption_variant * 104_729) % (2**32))
@@ -227,7 +233,7 @@ def make_photo_sample(index: int, size: int, seed: int, difficulty: float,
 
 
 @lru_cache(maxsize=4)   # the captions of one image are written one after another: draw the image once
-def _photo_image(index: int, size: int, seed: int, difficulty: float):
+def _photo_image(index: int, size: int, seed: int, difficulty: float, pool: tuple[str, ...] | None = None):
     rng = np.random.RandomState((seed * 1_000_003 + index * 7 + 12345) % (2**32))
     d = difficulty
     # background: two colours mixed by 1/f noise, plus a second finer 1/f layer
@@ -244,7 +250,7 @@ def _photo_image(index: int, size: int, seed: int, difficulty: float):
     layers = ["distractor"] * n_distractors + ["object"] * n_objects
     rng.shuffle(layers)
     objects, centres = [], []
-    shapes = list(rng.permutation(SHAPES)[:n_objects])
+    shapes = list(rng.permutation(SHAPES if pool is None else list(pool))[:n_objects])
     for layer in layers:
         if layer == "distractor":
             _composite(image, _distractor_mask(rng, size), rng, size, rng.uniform(0.4, 0.9), rng.uniform(0.3, 1.0))

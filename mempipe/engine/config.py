@@ -18,6 +18,7 @@ class MEMConfig:
     method: str = "mem"
     arch: str = "tiny-vit"          # open_clip model name or a tiny config of surrogate.py
     checkpoint: str | None = None   # local open_clip checkpoint file for the surrogate
+    model_config: str | None = None  # open_clip model-config JSON (arch, image size, context length from it)
     image_size: int = 64
     context_length: int = 32
     epsilon: int = 8                # L-inf bound in pixel levels out of 255
@@ -143,6 +144,8 @@ HELP: dict[str, str] = {
               "cluster), conv (a random blur per cluster; not eps-bounded)",
     "arch": "surrogate architecture: an open_clip model name (RN50, ViT-B-32, ...) or tiny-vit / tiny-resnet",
     "checkpoint": "a local open_clip checkpoint for the surrogate (and the feature model)",
+    "model_config": "an open_clip model-config JSON for the surrogate (embed_dim, vision_cfg, text_cfg); its "
+                    "file name is the architecture, and the image size and context length are read from it",
     "image_size": "surrogate input resolution in pixels",
     "context_length": "surrogate text context length in tokens",
     "epsilon": "L-inf bound in pixel levels out of 255 (1..32; up to 127 for conv)",
@@ -185,7 +188,14 @@ PRESETS: dict[str, MEMConfig] = {
     # A small surrogate at 64 px, sized to protect 2,000 samples in minutes on 2 CPU cores. Trigger
     # scope 'cluster': the scope with the lowest victim R@10 in bench/results/effectiveness.json.
     "cpu-tiny": MEMConfig(trigger_scope="cluster"),
+    # The authors' fine-tune recipe (operation_finetune.txt): a pretrained CLIP as the surrogate,
+    # 10 rounds x 50 surrogate steps at lr 1e-5 (on the fit sample; frozen inside units), HotFlip in
+    # the first 2 rounds with 6 candidates. Needs --checkpoint (and --model-config for your own model).
+    "finetune": MEMConfig(arch="ViT-B-32", image_size=224, context_length=77, epsilon=8, alpha=1, pgd_steps=8,
+                          outer_iters=10, train_steps=50, hotflip_iters=2, candidates=6, trigger_len=3,
+                          batch_size=128, lr=1e-5, unit_size=2048),
 }
+PRETRAINED_PRESETS = ("finetune",)   # presets that continue a pretrained surrogate: a checkpoint is required
 
 
 def preset(name: str) -> MEMConfig:

@@ -134,7 +134,8 @@ def surrogate_for(cfg: MEMConfig, device: torch.device, unit: _Unit, start: Clip
     if start is not None:
         model = copy.deepcopy(start).to(device)
     else:
-        model = build_model(cfg.arch, cfg.image_size, cfg.context_length, cfg.checkpoint, seed=cfg.seed).to(device)
+        model = build_model(cfg.arch, cfg.image_size, cfg.context_length, cfg.checkpoint, seed=cfg.seed,
+                            model_config=cfg.model_config).to(device)
     model = model.to(memory_format=unit.memory_format)
     if cfg.compile:
         # the towers only: the token embedding stays eager, where HotFlip reads its gradient
@@ -333,7 +334,11 @@ def _convolution_unit(model: ClipModel, opt: torch.optim.Optimizer, unit: _Unit,
 def train_shared_surrogate(images: torch.Tensor, captions: list[str], cfg: MEMConfig,
                            device: str | torch.device = "cpu") -> ClipModel:
     """The run's surrogate: the full min-min loop (the configured rounds and steps, noise and
-    triggers on this sample) on a sample of the data; every unit then starts from it."""
+    triggers on this sample) on a sample of the data; every unit then starts from it. A pretrained
+    surrogate (``checkpoint``) with no surrogate steps is that model as it is: nothing to learn."""
+    if cfg.checkpoint and cfg.train_steps == 0:
+        return build_model(cfg.arch, cfg.image_size, cfg.context_length, cfg.checkpoint,
+                           model_config=cfg.model_config).eval()
     return protect_unit(images, captions, cfg.with_overrides(surrogate="per-unit", compile=False), device,
                         keep_model=True).model.eval()
 

@@ -7,6 +7,9 @@ L-inf budget lives.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
@@ -96,11 +99,63 @@ def _trim_padding(tokens: torch.Tensor, context_length: int, multiple: int = 8) 
     return tokens[:, : min(context_length, tokens.shape[1], -(-used // multiple) * multiple)]
 
 
+def read_model_config(path: str) -> dict:
+    """An open_clip model-config JSON (``embed_dim``, ``vision_cfg``, ``text_cfg``), checked."""
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read the model config {path}: {err}") from None
+    missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in config]
+    if missing:
+        raise ValueError(f"{path} is not an open_clip model config: it has no {', '.join(missing)}")
+    return config
+
+
+def model_config_sizes(path: str) -> dict:
+    """The name open_clip registers the file under (its stem), and the image size and context
+    length the model was built for: what the rest of a run must use with it."""
+    config = read_model_config(path)
+    size = config["vision_cfg"].get("image_size", 224)
+    return {"arch": Path(path).stem, "image_size": int(size if isinstance(size, int) else size[0]),
+            "context_length": int(config["text_cfg"].get("context_length", 77))}
+
+
+def with_model_config(cfg):
+    """``cfg`` (a MEMConfig) with the architecture, image size and context length of its
+    ``model_config`` file, when it names one."""
+    return cfg.with_overrides(**model_config_sizes(cfg.model_config)) if cfg.model_config else cfg
+
+
+_REGISTERED: set[str] = set()
+
+
+def _register(path: str) -> str:
+    """Make open_clip know the file's model (by its stem), once per process."""
+    resolved = str(Path(path).resolve())
+    if resolved not in _REGISTERED:
+        read_model_config(path)
+        open_clip.add_model_config(resolved)
+        _REGISTERED.add(resolved)
+    return Path(path).stem
+
+
 def build_model(arch: str, image_size: int, context_length: int, checkpoint: str | None = None,
-                seed: int | None = None) -> ClipModel:
-    """A CLIP from scratch (seeded), or loaded from a local open_clip checkpoint file."""
+                seed: int | None = None, model_config: str | None = None) -> ClipModel:
+    """A CLIP from scratch (seeded), or loaded from a local open_clip checkpoint file.
+
+    ``model_config``: an open_clip model-config JSON; the model is built by open_clip from it (and
+    ``checkpoint`` loaded by open_clip's own loader), at the sizes the file names.
+    """
     if seed is not None:
         torch.manual_seed(seed)
+    if model_config:
+        sizes = model_config_sizes(model_config)
+        if (sizes["image_size"], sizes["context_length"]) != (image_size, context_length):
+            raise ValueError(f"{model_config} is built for {sizes['image_size']} px and {sizes['context_length']} "
+                             f"tokens, not {image_size} px and {context_length} tokens")
+        clip = open_clip.create_model(_register(model_config), pretrained=checkpoint)
+        return ClipModel(clip, context_length)
     if arch in TINY_CONFIGS:
         clip = CLIP(**TINY_CONFIGS[arch](image_size, context_length))
         if checkpoint:
@@ -109,7 +164,8 @@ def build_model(arch: str, image_size: int, context_length: int, checkpoint: str
             clip.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
     else:
         if arch not in open_clip.list_models():
-            raise ValueError(f"unknown architecture {arch!r}: an open_clip model name or one of {sorted(TINY_CONFIGS)}")
+            raise ValueError(f"unknown architecture {arch!r}: an open_clip model name, one of {sorted(TINY_CONFIGS)}, "
+                             "or --model-config FILE")
         # a checkpoint must have been trained at these sizes (224 px / 77 tokens for released weights)
         clip = open_clip.create_model(arch, pretrained=checkpoint, force_image_size=image_size,
                                       force_context_length=context_length)

@@ -12,8 +12,10 @@ from .victim import VictimConfig, train_victim
 PREFIX_WORDS = 3
 
 
-def evaluate(train_url: str, test_url: str, cfg: VictimConfig, defense: str = "none", device: str = "cpu",
-             show_progress: bool = True, storage_options: dict | None = None, per_epoch_lines: bool = False) -> dict:
+def load_eval_data(train_url: str, test_url: str, cfg: VictimConfig, defense: str = "none",
+                   storage_options: dict | None = None):
+    """(training images, training captions, test sets, victim config): the countermeasure applied
+    to the training pairs (``crop`` becomes the victim's augmentation), the test split clean."""
     from .datasets import check_defense
 
     check_defense(defense)
@@ -26,6 +28,19 @@ def evaluate(train_url: str, test_url: str, cfg: VictimConfig, defense: str = "n
     test_images, test_captions, _ = load_pairs(test_url, cfg.image_size, "none", storage_options)
     tests = {"clean": (test_images, test_captions),
              "prefixed": (test_images, prefix_random_words(test_captions, PREFIX_WORDS, seed=12345))}
+    return train_images, train_captions, tests, cfg
+
+
+def gains(final: dict, zero_shot: dict) -> dict:
+    """R@10 points gained over the starting model, per test set and direction."""
+    return {split: {d: round(final[split][f"{d}_R@10"] - zero_shot[split][f"{d}_R@10"], 2) for d in ("i2t", "t2i")}
+            for split in final}
+
+
+def run_victim(data, cfg: VictimConfig, device: str = "cpu", show_progress: bool = True,
+               per_epoch_lines: bool = False) -> dict:
+    """One victim (``cfg``) on loaded data: final metrics, zero-shot metrics, gain and the curves."""
+    train_images, train_captions, tests, _ = data
     bar = tqdm(total=cfg.epochs, desc=f"victim {cfg.arch}", unit="epoch", disable=not show_progress, leave=False)
 
     def on_epoch(entry: dict) -> None:
@@ -38,11 +53,44 @@ def evaluate(train_url: str, test_url: str, cfg: VictimConfig, defense: str = "n
 
     run = train_victim(train_images, train_captions, cfg, tests, device=device, progress=on_epoch)
     bar.close()
-    final = run.epochs[-1]
-    return {"victim": cfg.__dict__, "defense": defense, "train": train_url, "test": test_url,
-            "n_train": len(train_captions), "n_test": len(test_captions), "device": str(device),
-            "final": {"clean": final["clean"], "prefixed": final["prefixed"]},
+    final = {name: run.epochs[-1][name] for name in tests}
+    return {"victim": cfg.__dict__, "n_train": len(train_captions), "n_test": len(tests["clean"][1]),
+            "device": str(device), "final": final, "zero_shot": run.zero_shot, "gain_R@10": gains(final, run.zero_shot),
             "loss_curve": run.loss_curve, "epochs": run.epochs}
+
+
+def evaluate(train_url: str, test_url: str, cfg: VictimConfig, defense: str = "none", device: str = "cpu",
+             show_progress: bool = True, storage_options: dict | None = None, per_epoch_lines: bool = False) -> dict:
+    data = load_eval_data(train_url, test_url, cfg, defense, storage_options)
+    result = run_victim(data, data[3], device, show_progress, per_epoch_lines)
+    return {**result, "defense": defense, "train": train_url, "test": test_url}
+
+
+def summarize_seeds(results: list[dict]) -> dict:
+    """Mean and sample standard deviation over seeds of every final, zero-shot and gain R@10."""
+    import numpy as np
+
+    out: dict = {"seeds": [r["victim"]["seed"] for r in results]}
+    for key in ("final", "zero_shot", "gain_R@10"):
+        out[key] = {}
+        for split in results[0][key]:
+            out[key][split] = {}
+            for d in ("i2t", "t2i"):
+                values = [r[key][split][d] if key == "gain_R@10" else r[key][split][f"{d}_R@10"] for r in results]
+                out[key][split][d] = {"mean": round(float(np.mean(values)), 2),
+                                      "sd": round(float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, 2),
+                                      "values": values}
+    return out
+
+
+def evaluate_seeds(train_url: str, test_url: str, cfg: VictimConfig, seeds: int, defense: str = "none",
+                   device: str = "cpu", show_progress: bool = True, storage_options: dict | None = None,
+                   per_epoch_lines: bool = False) -> dict:
+    """``seeds`` victims (seeds cfg.seed, cfg.seed + 1, ...) on data loaded once."""
+    data = load_eval_data(train_url, test_url, cfg, defense, storage_options)
+    runs = [run_victim(data, VictimConfig(**{**data[3].__dict__, "seed": data[3].seed + i}), device, show_progress,
+                       per_epoch_lines) for i in range(seeds)]
+    return {"defense": defense, "train": train_url, "test": test_url, "runs": runs, "summary": summarize_seeds(runs)}
 
 
 def plot_curves(result: dict, path: str) -> None:
@@ -65,15 +113,45 @@ def plot_curves(result: dict, path: str) -> None:
     plt.close(fig)
 
 
+def victim_config(args) -> VictimConfig:
+    """The victim of ``mempipe eval``: from scratch (``--victim``), or a fine-tune of ``--init``."""
+    from ..engine.surrogate import TINY_CONFIGS, model_config_sizes
+
+    fields = dict(arch=args.victim, seed=args.seed, init=args.init, model_config=args.model_config, epochs=30)
+    if args.init:   # the authors' fine-tune recipe: lr 1e-5 for 10 epochs
+        fields.update(lr=1e-5, epochs=10, warmup_epochs=0.5)
+        if args.victim not in TINY_CONFIGS:   # released open_clip weights are trained at 224 px, 77 tokens
+            fields.update(image_size=224, context_length=77)
+    if args.model_config:
+        fields.update(model_config_sizes(args.model_config))
+    if args.lr is not None:
+        fields["lr"] = args.lr
+    if args.epochs is not None:
+        fields["epochs"] = args.epochs
+    return VictimConfig(**fields)
+
+
 def main_eval(args) -> int:
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = VictimConfig(arch=args.victim, epochs=args.epochs, seed=args.seed)
-    result = evaluate(args.train, args.test, cfg, args.defense, device, per_epoch_lines=args.verbose)
+    if args.seeds < 1:
+        raise ValueError("--seeds must be at least 1")
+    if args.model_config and not args.init:
+        raise ValueError("--model-config names the architecture of --init CHECKPOINT: give both")
+    cfg = victim_config(args)
     os.makedirs(args.out, exist_ok=True)
+    if args.seeds == 1:
+        result = evaluate(args.train, args.test, cfg, args.defense, device, per_epoch_lines=args.verbose)
+        plot_curves(result, os.path.join(args.out, "retrieval_curve.png"))
+        shown = {"final": result["final"], "zero_shot": result["zero_shot"], "gain_R@10": result["gain_R@10"]}
+    else:
+        result = evaluate_seeds(args.train, args.test, cfg, args.seeds, args.defense, device,
+                                per_epoch_lines=args.verbose)
+        plot_curves(result["runs"][0], os.path.join(args.out, "retrieval_curve.png"))
+        shown = {name: {split: {d: f"{v['mean']} +- {v['sd']}" for d, v in dirs.items()} for split, dirs in part.items()}
+                 for name, part in result["summary"].items() if name != "seeds"}
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(result, f, indent=2)
-    plot_curves(result, os.path.join(args.out, "retrieval_curve.png"))
-    print(json.dumps({"final": result["final"], "out": args.out}))
+    print(json.dumps({**shown, "out": args.out}))
     return 0

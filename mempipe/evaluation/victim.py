@@ -1,8 +1,10 @@
-"""Victim CLIP training from scratch and retrieval metrics (pure PyTorch, tensors in and out).
+"""Victim CLIP training and retrieval metrics (pure PyTorch, tensors in and out).
 
-This is what a data thief would do with the protected shards: train a CLIP on them
-(AdamW, warm-up + cosine, CLIP's clamped temperature), optionally with augmentation,
-and use it for retrieval on real (clean) data.
+This is what a data thief would do with the protected shards: train a CLIP on them from
+scratch, or fine-tune a public pretrained one (``init``), with AdamW, warm-up + cosine and
+CLIP's clamped temperature, optionally with augmentation, and use it for retrieval on real
+(clean) data. Test sets are scored before the first step too (``zero_shot``: for a
+pretrained start), so a fine-tune reports its gain.
 """
 from __future__ import annotations
 
@@ -31,12 +33,16 @@ class VictimConfig:
     warmup_epochs: float = 1.0
     random_crop: bool = False        # random-resized-crop augmentation (a thief's countermeasure)
     seed: int = 0
+    init: str | None = None          # an open_clip checkpoint to fine-tune (a public pretrained CLIP)
+    model_config: str | None = None  # its open_clip model-config JSON (sizes are read from it)
 
 
 @dataclass
 class VictimRun:
     loss_curve: list[float] = field(default_factory=list)
     epochs: list[dict] = field(default_factory=list)
+    zero_shot: dict = field(default_factory=dict)   # test metrics before the first step
+    model: object = None                            # the trained model (keep_model=True)
 
 
 def tokens_for(captions: list[str], context_length: int) -> torch.Tensor:
@@ -92,11 +98,12 @@ def embed(model, images: torch.Tensor, tokens: torch.Tensor, device, batch: int 
 
 def train_victim(train_images: torch.Tensor, train_captions: list[str], cfg: VictimConfig,
                  tests: dict[str, tuple[torch.Tensor, list[str]]], device: str | torch.device = "cpu",
-                 progress: Callable[[dict], None] | None = None) -> VictimRun:
+                 progress: Callable[[dict], None] | None = None, keep_model: bool = False) -> VictimRun:
     """Train from scratch; evaluate every test set after each epoch. Images: N x 3 x S x S uint8."""
     device = torch.device(device)
     generator = torch.Generator().manual_seed(cfg.seed)
-    model = build_model(cfg.arch, cfg.image_size, cfg.context_length, seed=cfg.seed).to(device)
+    model = build_model(cfg.arch, cfg.image_size, cfg.context_length, checkpoint=cfg.init, seed=cfg.seed,
+                        model_config=cfg.model_config).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = len(train_images)
     steps_per_epoch = max(1, n // cfg.batch_size)  # drop the ragged last batch, as CLIP trainers do
@@ -106,7 +113,8 @@ def train_victim(train_images: torch.Tensor, train_captions: list[str], cfg: Vic
         opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
     tokens = tokens_for(train_captions, cfg.context_length)
     test_tokens = {name: (imgs, tokens_for(caps, cfg.context_length)) for name, (imgs, caps) in tests.items()}
-    run = VictimRun()
+    run = VictimRun(zero_shot={name: retrieval_metrics(*embed(model, imgs, toks, device))
+                               for name, (imgs, toks) in test_tokens.items()})
     for epoch in range(cfg.epochs):
         model.train()
         order = torch.randperm(n, generator=generator)
@@ -129,4 +137,6 @@ def train_victim(train_images: torch.Tensor, train_captions: list[str], cfg: Vic
         run.epochs.append(entry)
         if progress:
             progress(entry)
+    if keep_model:
+        run.model = model.cpu().eval()
     return run

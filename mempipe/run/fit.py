@@ -166,7 +166,7 @@ def _load_model(fs, prefix: str, name: str, cfg: MEMConfig) -> ClipModel | None:
         data = read_bytes(fs, join(prefix, name))
     except FileNotFoundError:
         return None
-    model = build_model(cfg.arch, cfg.image_size, cfg.context_length)
+    model = build_model(cfg.arch, cfg.image_size, cfg.context_length, model_config=cfg.model_config)
     model.clip.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)["state_dict"])
     return model.eval()
 

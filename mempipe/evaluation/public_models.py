@@ -1,0 +1,100 @@
+"""Public stand-in CLIPs: open_clip models pretrained here on the generated web corpus.
+
+A data owner's threat is a public pretrained CLIP fine-tuned on their pairs. No public weights
+can be fetched on a machine without internet, so the fine-tuning regime makes its own: two
+model families (a ViT and a ModifiedResNet), each described by an open_clip model-config JSON
+and pretrained from scratch on ``web_corpus`` pairs (public shapes only, alt-text-like
+captions). The outputs are what a user would pass for a real checkpoint: ``NAME.json`` (the
+model config, loaded with ``open_clip.add_model_config``) and ``NAME.pt`` (``{"state_dict": ...}``).
+
+The same settings and seed give the same bytes (one thread, seeded order), and a finished
+model is cached under a folder named by its settings' hash: a second call only reads it.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.demo_data import sample_for
+from ..engine.surrogate import save_checkpoint
+from .victim import VictimConfig, train_victim
+
+
+def _text(context_length: int, width: int, layers: int) -> dict:
+    return {"context_length": context_length, "vocab_size": 49408, "width": width, "heads": 2, "layers": layers}
+
+
+# open_clip model configs (the JSON format of open_clip/model_configs) at 32 px, sized for a CPU
+MODEL_CONFIGS = {
+    "public-vit": {"embed_dim": 96,
+                   "vision_cfg": {"image_size": 32, "layers": 3, "width": 96, "head_width": 48, "patch_size": 8,
+                                  "mlp_ratio": 2.0},
+                   "text_cfg": _text(32, 96, 2)},
+    "public-resnet": {"embed_dim": 96,
+                      "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 16, "head_width": 32},
+                      "text_cfg": _text(32, 96, 2)},
+    # a model for tests: builds and pretrains in seconds
+    "public-test": {"embed_dim": 32,
+                    "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "head_width": 16, "patch_size": 4,
+                                   "mlp_ratio": 2.0},
+                    "text_cfg": _text(24, 32, 1)},
+}
+
+
+def corpus(count: int, size: int, seed: int, first_index: int = 0) -> tuple[torch.Tensor, list[str]]:
+    """``count`` web-corpus pairs as an N x 3 x S x S uint8 tensor and their captions."""
+    images, captions = np.empty((count, size, size, 3), dtype=np.uint8), []
+    for i in range(count):
+        images[i], caption, _ = sample_for("web", first_index + i, size, seed)
+        captions.append(caption)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), captions
+
+
+def settings(name: str, pairs: int, epochs: int, seed: int, lr: float = 1e-3, batch_size: int = 64) -> dict:
+    if name not in MODEL_CONFIGS:
+        raise ValueError(f"unknown public model {name!r}; choose from {sorted(MODEL_CONFIGS)}")
+    return {"name": name, "model_config": MODEL_CONFIGS[name], "pairs": pairs, "epochs": epochs, "seed": seed,
+            "lr": lr, "batch_size": batch_size, "corpus": "web", "torch": torch.__version__}
+
+
+def pretrain(name: str, cache_dir: str, pairs: int = 20_000, epochs: int = 5, seed: int = 0, lr: float = 1e-3,
+             batch_size: int = 64, test_pairs: int = 500, progress=None) -> dict:
+    """Pretrain (or find in the cache) one public model; returns its paths and pretraining record."""
+    spec = settings(name, pairs, epochs, seed, lr, batch_size)
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    folder = Path(cache_dir) / f"{name}-{digest}"
+    paths = {"model_config": str(folder / f"{name}.json"), "checkpoint": str(folder / f"{name}.pt"),
+             "record": str(folder / "pretrain.json")}
+    if os.path.exists(paths["record"]):
+        return {**json.loads(Path(paths["record"]).read_text()), **paths, "cached": True}
+    folder.mkdir(parents=True, exist_ok=True)
+    config = MODEL_CONFIGS[name]
+    Path(paths["model_config"]).write_text(json.dumps(config, indent=2))
+    size, context = config["vision_cfg"]["image_size"], config["text_cfg"]["context_length"]
+    started = time.time()
+    images, captions = corpus(pairs, size, seed)
+    test_images, test_captions = corpus(test_pairs, size, seed, first_index=5_000_000)
+    cfg = VictimConfig(arch=name, image_size=size, context_length=context, epochs=epochs, batch_size=batch_size,
+                       lr=lr, seed=seed, model_config=paths["model_config"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)        # one thread: the same bytes for the same seed
+    try:
+        run = train_victim(images, captions, cfg, {"web_test": (test_images, test_captions)}, progress=progress,
+                           keep_model=True)
+    finally:
+        torch.set_num_threads(threads)
+    save_checkpoint(run.model, paths["checkpoint"] + ".tmp")
+    os.replace(paths["checkpoint"] + ".tmp", paths["checkpoint"])
+    sha = hashlib.sha256(Path(paths["checkpoint"]).read_bytes()).hexdigest()
+    record = {"settings": spec, "settings_hash": digest, "seconds": round(time.time() - started, 1),
+              "loss_curve": run.loss_curve, "web_test": run.epochs[-1]["web_test"],
+              "web_test_before": run.zero_shot["web_test"], "checkpoint_sha256": sha}
+    Path(paths["record"]).write_text(json.dumps(record, indent=2))   # last: marks the cache entry complete
+    return {**copy.deepcopy(record), **paths, "cached": False}
