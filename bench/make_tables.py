@@ -353,6 +353,80 @@ def planning_line() -> str:
             f"({data['speedup']}x; `bench/planning.py`, {data['shards']} shards, {data['endpoint']}).")
 
 
+def _pm(stat: dict) -> str:
+    return f"{stat['mean']:.1f}" + (f" ± {stat['sd']:.1f}" if stat.get("sd") is not None else "")
+
+
+def calibration_finetune_table() -> str:
+    """Zero-shot, clean and random-words fine-tuning gains per public model and strength, and the pick."""
+    data = _result("calibration_finetune")
+    if data is None:
+        return "(not measured yet: `python bench/calibrate.py --regime finetune`)"
+    lines = ["R@10 gain over zero-shot (points, mean ± sd over seeds) on the owner's clean 500-pair test split, "
+             "image→text / text→image. Valid for the image-noise question: clean gains ≥ 15 in both directions; "
+             "for the trigger question also: the control keeps ≥ 70 % of clean's gain.", "",
+             "| public model | strength | seeds | zero-shot R@10 | clean gain | random-words gain | control's share "
+             "| final train loss clean / control | image-noise valid | trigger valid |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for letter, rows in data["table"].items():
+        for strength, r in rows.items():
+            z = r["zero_shot"]
+            share = " / ".join("–" if v is None else f"{v:.2f}" for v in r["control_share"].values())
+            lines.append(f"| {letter} | {strength} | {r['seeds']} | {z['i2t']:.1f} / {z['t2i']:.1f} | "
+                         f"{_pm(r['clean_gain']['i2t'])} / {_pm(r['clean_gain']['t2i'])} | "
+                         f"{_pm(r['control_gain']['i2t'])} / {_pm(r['control_gain']['t2i'])} | {share} | "
+                         f"{r['clean_final_loss']['mean']:.2f} / {r['control_final_loss']['mean']:.2f} | "
+                         f"{'yes' if r['valid_image_noise'] else 'no'} | {'yes' if r['valid_trigger'] else 'no'} |")
+    lines.append("")
+    for question, f in data["frozen"].items():
+        lines.append(f"- Frozen for the {question.replace('_', '-')} question: `{f['strength']}` (lr {f.get('lr')}, "
+                     f"{f.get('epochs')} epochs): {f['rule']}.")
+    return "\n".join(lines)
+
+
+def effectiveness_finetune_table() -> str:
+    """Fine-tuning gains of every row, per victim, with its share of clean's gain and the 2-sd verdict."""
+    data = _result("effectiveness_finetune")
+    if data is None:
+        return "(not measured yet: `python bench/effectiveness.py --regime finetune`)"
+    names = {"A": "public model A fine-tuned (same model as the surrogate)",
+             "B": "public model B fine-tuned (transfer to another family)", "scratch": "from scratch (reference)"}
+    lines = []
+    for victim, rows in data["table"].items():
+        lines += [f"**{names.get(victim, victim)}**: R@10 gain over zero-shot, image→text / text→image, "
+                  "mean ± sd over seeds; share: of clean's gain (the smaller the better for a protection); "
+                  "vs control: the gap exceeds twice the pooled sd (yes), does not (no), one seed (–).", "",
+                  "| row | what it is | seeds | clean captions gain | prefixed gain | share of clean (clean; prefixed) "
+                  "| vs control |", "|---|---|---|---|---|---|---|"]
+        for label, r in rows.items():
+            share = r.get("share_of_clean")
+            share_text = "; ".join(" / ".join("–" if v is None else f"{v:.2f}" for v in share[s].values())
+                                   for s in ("clean", "prefixed")) if share else "–"
+            verdict = r.get("differs_from_control")
+            if verdict:
+                flat = [v for split in verdict.values() for v in split.values()]
+                verdict_text = f"{r['control']}: " + ("–" if None in flat else ("yes" if all(flat) else
+                                                                               "partly" if any(flat) else "no"))
+            else:
+                verdict_text = ""
+            lines.append(f"| {label} | {r['what']} | {r['seeds']} | {_pm(r['clean']['i2t'])} / {_pm(r['clean']['t2i'])} | "
+                         f"{_pm(r['prefixed']['i2t'])} / {_pm(r['prefixed']['t2i'])} | {share_text} | {verdict_text} |")
+        lines.append("")
+    lines += ["Protected sets (against public model A, frozen; `mempipe inspect` against the originals):", "",
+              "| set | max abs delta | PSNR (dB) | SSIM | protect time (s) |", "|---|---|---|---|---|"]
+    for name, p in sorted(data["protection"].items()):
+        lines.append(f"| {name} | {p['max_delta']} | {p['psnr']} | {p['ssim']} | {p['seconds']} |")
+    lines += ["", "The goal's bars (same-model victim first):", ""]
+    for victim, g in data["goal"].items():
+        i, t = g["image_noise"], g["trigger"]
+        lines.append(f"- {victim}: image noise, best `{i['best']}` keeps at most {i['its_largest_share']} of clean's gain "
+                     f"(bar ≤ 0.20) while random noise keeps at least {i['random_smallest_share']} (bar ≥ 0.80): "
+                     f"{'met' if i['met'] else 'not met'}; trigger, best `{t['best']}` keeps at most "
+                     f"{t['its_largest_share']} while the random-words control keeps at least "
+                     f"{t['control_smallest_share']} (bar ≥ 0.70): {'met' if t['met'] else 'not met'}.")
+    return "\n".join(lines)
+
+
 TABLES = {
     "effectiveness": effectiveness_table,
     "effectiveness-photo": lambda: effectiveness_table("effectiveness_photo"),
@@ -366,6 +440,8 @@ TABLES = {
     "faults": faults_table,
     "planning": planning_line,
     "memory-cluster": memory_table,
+    "calibration-finetune": calibration_finetune_table,
+    "effectiveness-finetune": effectiveness_finetune_table,
 }
 
 

@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--style", choices=("scenes", "photo", "owner", "web"), default="scenes",
                       help="scenes: flat shapes, learned fast; photo: 1/f clutter, shape-only identity, learned "
-                           "slowly; owner: photo with only the shapes the public stand-in models never saw; web: "
+                           "slowly; owner: flat scenes of the shapes the public stand-in models never saw; web: "
                            "the stand-ins' alt-text-like pretraining corpus")
     demo.add_argument("--difficulty", type=float, default=None,
                       help="photo style only: the nuisance knob in [0, 1] (default: the calibrated value)")
@@ -223,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo-data":
             from .data.demo_data import DEFAULT_DIFFICULTY, write_demo_data
 
-            if args.difficulty is not None and args.style not in ("photo", "owner"):
-                raise ValueError("--difficulty applies to --style photo and owner only")
+            if args.difficulty is not None and args.style != "photo":
+                raise ValueError("--difficulty applies to --style photo only")
             difficulty = DEFAULT_DIFFICULTY if args.difficulty is None else args.difficulty
             print(json.dumps(write_demo_data(args.out, args.train, args.test, args.size, args.seed,
                                              parse_storage_options(args.storage_options), style=args.style,

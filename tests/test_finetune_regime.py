@@ -151,3 +151,28 @@ def test_finetune_preset_protects_against_the_pretrained_surrogate_as_given(publ
     surrogate = torch.load(record["surrogate"]["checkpoint"], weights_only=True)["state_dict"]
     given = torch.load(public["checkpoint"], weights_only=True)["state_dict"]
     assert all(torch.equal(surrogate[k], v) for k, v in given.items())    # the public model, never one from scratch
+
+
+def test_calibration_freezes_by_clean_and_control_alone_and_the_two_sd_rule():
+    from bench.finetune_regime import differs, judge, pick
+
+    def run(strength, condition, seed, i2t, t2i):
+        gain = {"clean": {"i2t": i2t, "t2i": t2i}, "prefixed": {"i2t": i2t, "t2i": t2i}}
+        return {"model": "A", "strength": strength, "condition": condition, "seed": seed, "gain": gain,
+                "zero_shot": {"clean": {"i2t_R@10": 4.0, "t2i_R@10": 3.0}}, "loss_curve": [1.0]}
+
+    runs = []
+    for seed in range(3):
+        runs += [run("lr1e-4", "clean", seed, 8 + seed, 9), run("lr1e-4", "random-words", seed, 7, 8),     # too small
+                 run("lr5e-4", "clean", seed, 20 + seed, 18), run("lr5e-4", "random-words", seed, 16, 15),  # both valid
+                 run("lr2e-3", "clean", seed, 30 + seed, 28), run("lr2e-3", "random-words", seed, 3, 2)]    # control lost
+    table = judge(runs)["A"]
+    assert not table["lr1e-4"]["valid_image_noise"]
+    assert table["lr5e-4"]["valid_trigger"] and table["lr2e-3"]["valid_image_noise"]
+    assert not table["lr2e-3"]["valid_trigger"]
+    frozen = pick({"A": table})
+    assert frozen["image_noise"]["strength"] == "lr2e-3"     # the largest clean gain among the valid
+    assert frozen["trigger"]["strength"] == "lr5e-4"
+    assert differs({"mean": 10, "sd": 1}, {"mean": 5, "sd": 1}) is True
+    assert differs({"mean": 10, "sd": 3}, {"mean": 5, "sd": 3}) is False       # 5 < 2 x 3
+    assert differs({"mean": 10, "sd": None}, {"mean": 5, "sd": 1}) is None     # one seed: no call

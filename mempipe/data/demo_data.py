@@ -105,8 +105,8 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
         draw.polygon(pts, fill=colour)
 
 
-def _object_phrase(rng, obj) -> str:
-    words = [_pick(rng, SIZE_WORDS[obj["size"]]), obj["colour"], _pick(rng, SHAPE_WORDS[obj["shape"]])]
+def _object_phrase(rng, obj, shape_words: dict) -> str:
+    words = [_pick(rng, SIZE_WORDS[obj["size"]]), obj["colour"], _pick(rng, shape_words[obj["shape"]])]
     if rng.rand() < 0.3:  # colour before size, as people also write
         words[0], words[1] = words[1], words[0]
     phrase = " ".join(words)
@@ -115,8 +115,14 @@ def _object_phrase(rng, obj) -> str:
     return phrase
 
 
-def make_sample(index: int, size: int, seed: int) -> tuple[np.ndarray, str, dict]:
-    """One scene and its caption, fully determined by (seed, index)."""
+def make_sample(index: int, size: int, seed: int, shapes: list[str] | None = None, shape_words: dict | None = None,
+                paste_shape=None) -> tuple[np.ndarray, str, dict]:
+    """One scene and its caption, fully determined by (seed, index).
+
+    ``shapes``, ``shape_words`` and ``paste_shape(image, shape, cx, cy, r, colour)``: draw other
+    shapes than the scenes' own (the fine-tuning regime's owner data); the defaults give the
+    demo scenes, byte for byte."""
+    shapes, shape_words = shapes or SHAPES, shape_words or SHAPE_WORDS
     rng = np.random.RandomState((seed * 1_000_003 + index) % (2**32))
     colour_names = list(COLOURS)
     bg_kind = _pick(rng, BACKGROUNDS)
@@ -126,7 +132,7 @@ def make_sample(index: int, size: int, seed: int) -> tuple[np.ndarray, str, dict
     objects = []
     for pos in positions:
         colour = _pick(rng, [c for c in colour_names if c != bg_colour])
-        objects.append({"shape": _pick(rng, SHAPES), "colour": colour, "size": _pick(rng, list(SIZES)), "position": pos})
+        objects.append({"shape": _pick(rng, shapes), "colour": colour, "size": _pick(rng, list(SIZES)), "position": pos})
 
     image = Image.new("RGB", (size, size))
     draw = ImageDraw.Draw(image)
@@ -134,9 +140,13 @@ def make_sample(index: int, size: int, seed: int) -> tuple[np.ndarray, str, dict
     for obj in objects:
         fx, fy = POSITIONS[obj["position"]]
         jitter = (rng.rand(2) - 0.5) * 0.08 * size
-        _draw_shape(draw, obj["shape"], fx * size + jitter[0], fy * size + jitter[1], SIZES[obj["size"]] * size, COLOURS[obj["colour"]])
+        where = (obj["shape"], fx * size + jitter[0], fy * size + jitter[1], SIZES[obj["size"]] * size, COLOURS[obj["colour"]])
+        if paste_shape is None:
+            _draw_shape(draw, *where)
+        else:
+            paste_shape(image, *where)
 
-    things = [_object_phrase(rng, o) for o in objects]
+    things = [_object_phrase(rng, o, shape_words) for o in objects]
     objects_text = " and ".join(things) if rng.rand() < 0.7 else ", ".join(things)
     bg_text = f"{_pick(rng, BACKGROUND_WORDS[bg_kind])} {bg_colour} {_pick(rng, BG_NOUNS)}"
     if rng.rand() < 0.5:
@@ -178,7 +188,7 @@ def sample_for(style: str, index: int, size: int, seed: int, difficulty: float =
     if style == "owner":   # the fine-tuning regime: shapes the public stand-in models never saw
         from .web_corpus import make_owner_sample
 
-        return make_owner_sample(index, size, seed, difficulty, caption_variant)
+        return make_owner_sample(index, size, seed)
     if style == "web":     # the public stand-ins' pretraining corpus
         from .web_corpus import make_web_sample
 
@@ -197,11 +207,11 @@ def write_split(out_url: str, count: int, size: int, seed: int, first_index: int
     """
     if captions_per_image < 1:
         raise ValueError(f"captions_per_image must be at least 1, got {captions_per_image}")
-    if captions_per_image > 1 and style not in ("photo", "owner"):
+    if captions_per_image > 1 and style != "photo":
         raise ValueError("several captions per image: photo style only")
     shards = (count + per_shard - 1) // per_shard
     generator = {"generator": "mempipe demo-data", "seed": seed, "size": size, "style": style}
-    if style in ("photo", "owner"):
+    if style == "photo":
         generator["difficulty"] = difficulty
     if captions_per_image > 1:
         generator["captions_per_image"] = captions_per_image
@@ -238,7 +248,7 @@ def write_demo_data(out_url: str, train: int, test: int, size: int = 64, seed: i
     n_test = write_split(join(out_url, "test"), test, size, seed, 10_000_000, **options)
     out = {"train": train, "test": test, "train_shards": n_train, "test_shards": n_test, "size": size, "seed": seed,
            "style": style}
-    if style in ("photo", "owner"):
+    if style == "photo":
         out["difficulty"] = difficulty
     if captions_per_image > 1:
         out["captions_per_image"] = captions_per_image
