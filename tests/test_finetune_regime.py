@@ -154,7 +154,9 @@ def test_finetune_preset_protects_against_the_pretrained_surrogate_as_given(publ
 
 
 def test_calibration_freezes_by_clean_and_control_alone_and_the_two_sd_rule():
-    from bench.finetune_regime import differs, judge, pick
+    from bench.finetune_regime import STRENGTHS, differs, judge, pick
+
+    weak, middle, strong = list(STRENGTHS)
 
     def run(strength, condition, seed, i2t, t2i):
         gain = {"clean": {"i2t": i2t, "t2i": t2i}, "prefixed": {"i2t": i2t, "t2i": t2i}}
@@ -163,16 +165,16 @@ def test_calibration_freezes_by_clean_and_control_alone_and_the_two_sd_rule():
 
     runs = []
     for seed in range(3):
-        runs += [run("lr1e-4", "clean", seed, 8 + seed, 9), run("lr1e-4", "random-words", seed, 7, 8),     # too small
-                 run("lr5e-4", "clean", seed, 20 + seed, 18), run("lr5e-4", "random-words", seed, 16, 15),  # both valid
-                 run("lr2e-3", "clean", seed, 30 + seed, 28), run("lr2e-3", "random-words", seed, 3, 2)]    # control lost
+        runs += [run(weak, "clean", seed, 8 + seed, 9), run(weak, "random-words", seed, 7, 8),         # too small
+                 run(middle, "clean", seed, 20 + seed, 18), run(middle, "random-words", seed, 16, 15),  # both valid
+                 run(strong, "clean", seed, 30 + seed, 28), run(strong, "random-words", seed, 3, 2)]    # control lost
     table = judge(runs)["A"]
-    assert not table["lr1e-4"]["valid_image_noise"]
-    assert table["lr5e-4"]["valid_trigger"] and table["lr2e-3"]["valid_image_noise"]
-    assert not table["lr2e-3"]["valid_trigger"]
+    assert not table[weak]["valid_image_noise"]
+    assert table[middle]["valid_trigger"] and table[strong]["valid_image_noise"]
+    assert not table[strong]["valid_trigger"]
     frozen = pick({"A": table})
-    assert frozen["image_noise"]["strength"] == "lr2e-3"     # the largest clean gain among the valid
-    assert frozen["trigger"]["strength"] == "lr5e-4"
+    assert frozen["image_noise"]["strength"] == strong      # the largest clean gain among the valid
+    assert frozen["trigger"]["strength"] == middle
     assert differs({"mean": 10, "sd": 1}, {"mean": 5, "sd": 1}) is True
     assert differs({"mean": 10, "sd": 3}, {"mean": 5, "sd": 3}) is False       # 5 < 2 x 3
     assert differs({"mean": 10, "sd": None}, {"mean": 5, "sd": 1}) is None     # one seed: no call
