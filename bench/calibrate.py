@@ -1,4 +1,11 @@
-"""Calibrate the photo-like regime on clean and random-words curves alone (issue 13).
+"""Calibrate the photo-like regime on clean and random-words curves alone.
+
+``--regime finetune``: the fine-tuning regime instead (public pretrained stand-ins fine-tuned on
+the owner's pairs; ``bench/finetune_regime.py``):
+
+    python bench/calibrate.py --regime finetune --models A --out a.json &   # one process per public model
+    python bench/calibrate.py --regime finetune --models B --out b.json; wait
+    python bench/calibrate.py --regime finetune --judge a.json,b.json      # -> calibration_finetune.json
 
 For each difficulty level of ``mempipe demo-data --style photo``: train a victim from
 scratch on the clean pairs and on the random-words control (3 random words in front of

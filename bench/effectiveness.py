@@ -14,6 +14,11 @@ bench/results/effectiveness.json; bench/make_tables.py turns it into the README 
     OMP_NUM_THREADS=1 python bench/effectiveness.py --style photo --rows mem3,noise-only --out a.json &
     OMP_NUM_THREADS=1 python bench/effectiveness.py --style photo --rows em,uc --out b.json; wait
     python bench/effectiveness.py --style photo --merge a.json,b.json
+    # the fine-tuning regime (public pretrained stand-ins; bench/finetune_regime.py), after calibration:
+    python bench/effectiveness.py --regime finetune --protect-only
+    python bench/effectiveness.py --regime finetune --victims A --seeds 3 --out a.json &
+    python bench/effectiveness.py --regime finetune --victims B --seeds 3 --out b.json; wait
+    python bench/effectiveness.py --regime finetune --report a.json,b.json   # -> effectiveness_finetune.json
 """
 from __future__ import annotations
 

@@ -286,12 +286,14 @@ ROWS = {
                              "control for mem3-cluster: its trigger groups, 3 random words each, clean images"),
     "random-words-global": ("clean", "random-words-global", "none", "trigger",
                             "control for mem3-global: one random triple before every caption, clean images"),
+    "em+jpeg75": ("em", "clean", "jpeg:75", "image_noise", "countermeasure: EM's images re-encoded as JPEG 75"),
+    "em+grayscale": ("em", "clean", "grayscale", "image_noise", "countermeasure: EM's images in grayscale"),
     "clean+jpeg75": ("clean", "clean", "jpeg:75", "image_noise", "countermeasure's own cost: clean, JPEG 75"),
     "clean+grayscale": ("clean", "clean", "grayscale", "image_noise", "countermeasure's own cost: clean, grayscale"),
 }
 COUNTERMEASURES = ("jpeg:75", "grayscale")
 # each row's control, for the 2-sd rule
-CONTROL_OF = {"em": "random", "uc": "random", **{f"{v}+orig": "random" for v in TRIGGERED}, "mem3": "random-words",
+CONTROL_OF = {"em": "random", "em+jpeg75": "clean+jpeg75", "em+grayscale": "clean+grayscale", "uc": "random", **{f"{v}+orig": "random" for v in TRIGGERED}, "mem3": "random-words",
               "mem5": "random-words", "trigger-only": "random-words", "mem3-cluster": "random-words-cluster",
               "mem3-global": "random-words-global"}
 
@@ -402,7 +404,6 @@ def effectiveness(rows: list[str], victims: list[str], seeds: int, out: Path) ->
                     g, p = entry["gain"]["clean"], entry["gain"]["prefixed"]
                     print(f"{victim:7s} {label:22s} seed {seed}: gain clean {g['i2t']}/{g['t2i']} prefixed "
                           f"{p['i2t']}/{p['t2i']} loss {entry['loss_curve'][-1]} ({entry['seconds']}s)", flush=True)
-    (out.parent / (out.stem + "_protection.json")).write_text(json.dumps({k: v["info"] for k, v in sets.items()}, indent=1))
 
 
 def report(parts: list[Path]) -> dict:
@@ -413,9 +414,9 @@ def report(parts: list[Path]) -> dict:
         body = json.loads(p.read_text())
         rows += body["rows"]
         meta_ = body["meta"]
-        extra = p.parent / (p.stem + "_protection.json")
-        if extra.exists():
-            protection.update(json.loads(extra.read_text()))
+
+    for info in sorted((WORK / "protected").glob("*.info.json")):   # what each protect run measured
+        protection[info.name.removesuffix(".info.json")] = json.loads(info.read_text())
     table: dict = {}
     for victim in sorted({r["victim"] for r in rows}):
         table[victim] = {}
@@ -483,9 +484,7 @@ def effectiveness_main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.protect_only:
-        sets = protected_sets(set(VARIANTS))
-        (RESULTS / "partial" / "effectiveness_finetune_protection.json").write_text(
-            json.dumps({k: v["info"] for k, v in sets.items()}, indent=1))
+        protected_sets(set(VARIANTS))
         return 0
     if args.report:
         body = report([Path(p) for p in args.report.split(",")])

@@ -416,7 +416,11 @@ def effectiveness_finetune_table() -> str:
               "| set | max abs delta | PSNR (dB) | SSIM | protect time (s) |", "|---|---|---|---|---|"]
     for name, p in sorted(data["protection"].items()):
         lines.append(f"| {name} | {p['max_delta']} | {p['psnr']} | {p['ssim']} | {p['seconds']} |")
-    lines += ["", "The goal's bars (same-model victim first):", ""]
+    frozen = data["meta"].get("frozen", {})
+    invalid = [q.replace("_", "-") for q, f in frozen.items() if not f.get("valid")]
+    lines += ["", "The goal's bars (same-model victim first)"
+              + (f"; calibration found no valid strength for the {' and '.join(invalid)} question(s), so a bar "
+                 "met here is a number in an invalid regime, not a protection claim" if invalid else "") + ":", ""]
     for victim, g in data["goal"].items():
         i, t = g["image_noise"], g["trigger"]
         lines.append(f"- {victim}: image noise, best `{i['best']}` keeps at most {i['its_largest_share']} of clean's gain "
@@ -427,8 +431,38 @@ def effectiveness_finetune_table() -> str:
     return "\n".join(lines)
 
 
+HEADLINE_ROWS = ("clean", "random", "em", "mem3+orig", "mem3", "random-words", "trigger-only")
+
+
+def finetune_headline_table() -> str:
+    """The README's compact view: the headline rows' gains for the fine-tuned victims."""
+    data = _result("effectiveness_finetune")
+    if data is None:
+        return "(not measured yet: `python bench/effectiveness.py --regime finetune`)"
+    victims = [v for v in ("A", "B") if v in data["table"]]
+    lines = ["| row | what it is | " + " | ".join(f"{v} fine-tuned: gain (clean captions) | {v}: share of clean"
+                                              for v in victims) + " |",
+             "|---|---|" + "---|---|" * len(victims)]
+    for row in HEADLINE_ROWS:
+        entries = [data["table"][v].get(row) for v in victims]
+        what = next((e["what"] for e in entries if e), None)
+        if what is None:
+            continue
+        cells = []
+        for e in entries:
+            if e is None:
+                cells += ["–", "–"]
+                continue
+            share = e.get("share_of_clean", {}).get("clean", {})
+            cells += [f"{_pm(e['clean']['i2t'])} / {_pm(e['clean']['t2i'])} ({e['seeds']} seed{'s' if e['seeds'] > 1 else ''})",
+                      " / ".join("–" if share.get(d) is None else f"{share[d]:.2f}" for d in ("i2t", "t2i"))]
+        lines.append(f"| {row} | {what} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 TABLES = {
     "effectiveness": effectiveness_table,
+    "effectiveness-finetune-headline": finetune_headline_table,
     "effectiveness-photo": lambda: effectiveness_table("effectiveness_photo"),
     "goal-photo": goal_table,
     "shortcut-race": shortcut_race_table,

@@ -193,7 +193,12 @@ def test_every_engine_setting_is_an_option_and_a_config_key_with_the_same_bounds
     from mempipe.cli import build_parser, engine_config
     from mempipe.engine.config import MEMConfig
 
-    changed = {"method": "uc", "arch": "tiny-resnet", "checkpoint": "model.pt", "image_size": 32, "context_length": 40,
+    # an open_clip model config whose name and sizes agree with the settings below (the file sets them)
+    model_config = tmp_path / "tiny-resnet.json"
+    model_config.write_text(json.dumps({"embed_dim": 64, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1],
+                                                                        "width": 16}, "text_cfg": {"context_length": 40}}))
+    changed = {"method": "uc", "arch": "tiny-resnet", "checkpoint": "model.pt", "model_config": str(model_config),
+               "image_size": 32, "context_length": 40,
                "epsilon": 6, "alpha": 2, "pgd_steps": 3, "outer_iters": 4, "train_steps": 7, "hotflip_iters": 1,
                "candidates": 5, "trigger_len": 2, "trigger_scope": "global", "noise_scope": "cluster", "clusters": 7,
                "cluster_features": "text", "cluster_share": 0.25, "trigger_placement": "random",
@@ -222,6 +227,10 @@ def test_every_engine_setting_is_an_option_and_a_config_key_with_the_same_bounds
             engine_config(build_parser().parse_args(["protect", "in", "out", "--config", str(config)]))
     conv = engine_config(build_parser().parse_args(["protect", "in", "out", "--method", "conv", "--epsilon", "100"]))
     assert conv.epsilon == 100   # conv's own bound, in one place
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({"embed_dim": 8, "vision_cfg": {"image_size": 16}, "text_cfg": {"context_length": 24}}))
+    cfg = engine_config(build_parser().parse_args(["protect", "in", "out", "--model-config", str(mine), "--image-size", "64"]))
+    assert (cfg.arch, cfg.image_size, cfg.context_length) == ("mine", 16, 24)   # read from the model's own file
 
 
 def test_inspect_warns_and_fails_on_shards_that_are_not_mempipe_output(demo_small, capsys):

@@ -139,6 +139,9 @@ def main_eval(args) -> int:
         raise ValueError("--seeds must be at least 1")
     if args.model_config and not args.init:
         raise ValueError("--model-config names the architecture of --init CHECKPOINT: give both")
+    from .datasets import check_defense
+
+    check_defense(args.defense)   # before anything is written
     cfg = victim_config(args)
     os.makedirs(args.out, exist_ok=True)
     if args.seeds == 1:
