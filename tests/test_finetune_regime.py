@@ -36,10 +36,12 @@ def owner(tmp_path_factory):
 
 
 def test_public_model_is_deterministic_cached_and_loads_through_open_clip(public, tmp_path):
-    again = pretrain("public-test", str(tmp_path), pairs=1024, epochs=4, test_pairs=64)
-    assert again["checkpoint_sha256"] == public["checkpoint_sha256"]      # same seed, same bytes
+    small = dict(pairs=128, epochs=1, test_pairs=32)
+    first = pretrain("public-test", str(tmp_path / "a"), **small)
+    again = pretrain("public-test", str(tmp_path / "b"), **small)
+    assert again["checkpoint_sha256"] == first["checkpoint_sha256"]      # same seed, same bytes
     started = time.time()
-    cached = pretrain("public-test", str(tmp_path), pairs=1024, epochs=4, test_pairs=64)
+    cached = pretrain("public-test", str(tmp_path / "b"), **small)
     assert cached["cached"] and time.time() - started < 1.0
     assert len(public["loss_curve"]) == 4 and public["loss_curve"][-1] < public["loss_curve"][0]
     config = json.load(open(public["model_config"]))
