@@ -243,8 +243,7 @@ def calibrate_main(argv: list[str]) -> int:
     if args.judge:
         runs = [r for p in args.judge.split(",") for r in json.loads(Path(p).read_text())["runs"]]
         table = judge(runs)
-        if any(letter in table for letter in ("A",)) and any(
-                v.get("seeds", 0) < SEEDS for rows in table.values() for v in rows.values()):
+        if any(v["seeds"] < SEEDS for rows in table.values() for v in rows.values()):
             print("warning: some rows have fewer than 3 seeds", file=sys.stderr)
         body = {"meta": meta(), "criteria": {"clean_gain_min": CLEAN_GAIN_MIN, "control_share_min": CONTROL_SHARE_MIN},
                 "strengths": STRENGTHS, "table": table, "frozen": pick(table), "runs": runs}
@@ -338,21 +337,25 @@ def _group_random_words(captions: list[str], triggered: list[str], seed: int, k:
 
 
 def training_data(row: str, sets: dict, cfg: VictimConfig, seed: int, cache: dict):
-    """(images, captions, tests, cfg) of a row, aligned by key; loaded once per (set, countermeasure)."""
+    """(images, captions, tests, cfg) of a row, aligned by key. Each (set, countermeasure) is read once
+    per cache, and the test split once."""
     from mempipe.evaluation.datasets import load_pairs
 
     images_from, captions_from, defense, _, _ = ROWS[row]
+    urls = owner_data()
 
-    def pairs(name: str, defense_: str = "none"):
-        key = (name, defense_)
-        if key not in cache:
-            url = owner_data()["train"] if name == "clean" else sets[name]["url"]
-            cache[key] = load_eval_data(url, owner_data()["test"], cfg, defense_) + (load_pairs(url, cfg.image_size)[2],)
-        return cache[key]
+    def pairs(name: str, defense_: str = "none"):   # (images, captions, keys)
+        if (name, defense_) not in cache:
+            url = urls["train"] if name == "clean" else sets[name]["url"]
+            cache[(name, defense_)] = load_pairs(url, cfg.image_size, defense_)
+        return cache[(name, defense_)]
 
-    images, _, tests, cfg_, keys = pairs(images_from, defense)
-    by_key = dict(zip(pairs("clean")[4], pairs("clean")[1]))
+    if "tests" not in cache:
+        cache["tests"] = load_eval_data(urls["train"], urls["test"], cfg)[2]
+    images, _, keys = pairs(images_from, defense)
     if captions_from.startswith("random-words"):
+        clean = pairs("clean")
+        by_key = dict(zip(clean[2], clean[1]))
         clean_caps = [by_key[k] for k in keys]
         if captions_from == "random-words":
             captions = prefix_random_words(clean_caps, 3, seed=1000 + seed)
@@ -360,13 +363,13 @@ def training_data(row: str, sets: dict, cfg: VictimConfig, seed: int, cache: dic
             captions = _group_random_words(clean_caps, ["global"] * len(keys), seed)
         else:
             source = pairs("mem3-cluster")
-            triggered = dict(zip(source[4], source[1]))
+            triggered = dict(zip(source[2], source[1]))
             captions = _group_random_words(clean_caps, [triggered[k] for k in keys], seed)
     else:
         source = pairs(captions_from)
-        captions_by_key = dict(zip(source[4], source[1]))
+        captions_by_key = dict(zip(source[2], source[1]))
         captions = [captions_by_key[k] for k in keys]
-    return images, captions, tests, cfg
+    return images, captions, cache["tests"], cfg
 
 
 def effectiveness(rows: list[str], victims: list[str], seeds: int, out: Path) -> None:

@@ -36,13 +36,19 @@ def effectiveness_table(name: str = "effectiveness") -> str:
         devices = sorted({r.get("device", "?") for r in rows if r["row"] == name})
         lines.append(f"| {name} | {what} | " + " | ".join(cells) + f" | {', '.join(devices)} |")
     lines += ["", "Imperceptibility of each protected set (measured against the originals by `mempipe inspect`):", "",
-              "| set | max abs delta | PSNR (dB) | SSIM | protect time (s) |", "|---|---|---|---|---|"]
-    for name, p in sorted(data["protection"].items()):
-        ssim = f"{p['ssim']:.4f}" if p.get("ssim") is not None else "–"
-        lines.append(f"| {name} | {p['max_delta']} | {p['psnr']} | {ssim} | {p['seconds']} |")
+              *protection_rows(data["protection"])]
     sources = sorted({r.get("source", "?").split(",")[0] for r in rows})
     lines += ["", f"Where the numbers come from: {'; '.join(sources)} (each row's `source` in the JSON)."]
     return "\n".join(lines)
+
+
+def protection_rows(protection: dict) -> list[str]:
+    """The imperceptibility table of protected sets (max |delta|, PSNR, SSIM, protect time)."""
+    lines = ["| set | max abs delta | PSNR (dB) | SSIM | protect time (s) |", "|---|---|---|---|---|"]
+    for name, p in sorted(protection.items()):
+        ssim = f"{p['ssim']:.4f}" if p.get("ssim") is not None else "–"
+        lines.append(f"| {name} | {p['max_delta']} | {p['psnr']} | {ssim} | {p['seconds']} |")
+    return lines
 
 
 def _result(name: str) -> dict | None:
@@ -413,9 +419,7 @@ def effectiveness_finetune_table() -> str:
                          f"{_pm(r['prefixed']['i2t'])} / {_pm(r['prefixed']['t2i'])} | {share_text} | {verdict_text} |")
         lines.append("")
     lines += ["Protected sets (against public model A, frozen; `mempipe inspect` against the originals):", "",
-              "| set | max abs delta | PSNR (dB) | SSIM | protect time (s) |", "|---|---|---|---|---|"]
-    for name, p in sorted(data["protection"].items()):
-        lines.append(f"| {name} | {p['max_delta']} | {p['psnr']} | {p['ssim']} | {p['seconds']} |")
+              *protection_rows(data["protection"])]
     frozen = data["meta"].get("frozen", {})
     invalid = [q.replace("_", "-") for q, f in frozen.items() if not f.get("valid")]
     lines += ["", "The goal's bars (same-model victim first)"

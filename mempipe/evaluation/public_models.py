@@ -12,7 +12,6 @@ model is cached under a folder named by its settings' hash: a second call only r
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -97,4 +96,4 @@ def pretrain(name: str, cache_dir: str, pairs: int = 20_000, epochs: int = 5, se
               "loss_curve": run.loss_curve, "web_test": run.epochs[-1]["web_test"],
               "web_test_before": run.zero_shot["web_test"], "checkpoint_sha256": sha}
     Path(paths["record"]).write_text(json.dumps(record, indent=2))   # last: marks the cache entry complete
-    return {**copy.deepcopy(record), **paths, "cached": False}
+    return {**record, **paths, "cached": False}
