@@ -50,6 +50,7 @@ WORK = ROOT / "bench" / "work" / "finetune"
 RESULTS = ROOT / "bench" / "results"
 CALIBRATION = RESULTS / "calibration_finetune.json"
 EFFECTIVENESS = RESULTS / "effectiveness_finetune.json"
+EFFECTIVENESS_AFTER_FREEZE = RESULTS / "effectiveness_finetune_after_freeze.json"
 PUBLIC = {"A": "public-vit", "B": "public-resnet"}
 PRETRAIN = {"pairs": 20_000, "epochs": 5, "seed": 0}           # bench/pretrain.py's defaults
 OWNER = {"train": 2000, "test": 500, "size": 32, "seed": 0, "style": "owner"}
@@ -57,6 +58,11 @@ OWNER = {"train": 2000, "test": 500, "size": 32, "seed": 0, "style": "owner"}
 # ViT-B/32 fine-tuned on 30,000 pairs) up to a from-scratch rate, since a small model moves less per step
 STRENGTHS = {"lr3e-4": {"lr": 3e-4, "epochs": 10}, "lr1e-3": {"lr": 1e-3, "epochs": 10},
              "lr3e-3": {"lr": 3e-3, "epochs": 10}}
+# longer fine-tunes, calibrated (clean and control only) after the settings were frozen and protected rows
+# had run: reported beside the others, never eligible for the pick
+AFTER_FREEZE = {"lr1e-3x30": {"lr": 1e-3, "epochs": 30},
+                "lr1e-3-8k": {"lr": 1e-3, "epochs": 10, "train_pairs": 8000}}   # 4 times the owner's pairs
+ALL_STRENGTHS = {**STRENGTHS, **AFTER_FREEZE}
 VICTIM_BATCH = 32   # more steps for the same compute: a pilot learned more at 32 than at 64 (5.2 vs 3.0 points)
 SEEDS = 3
 CLEAN_GAIN_MIN = 15.0
@@ -70,11 +76,12 @@ def public_models(letters: str = "AB") -> dict[str, dict]:
             for letter, name in PUBLIC.items() if letter in letters}
 
 
-def owner_data(work: Path = WORK) -> dict[str, str]:
-    data = work / "owner"
+def owner_data(work: Path = WORK, train: int | None = None) -> dict[str, str]:
+    """The owner's shards; a larger ``train`` keeps the same test split (and the smaller set as its start)."""
+    train = train or OWNER["train"]
+    data = work / ("owner" if train == OWNER["train"] else f"owner_{train}")
     if not (data / "test").exists():
-        write_demo_data(str(data), OWNER["train"], OWNER["test"], size=OWNER["size"], seed=OWNER["seed"],
-                        style="owner")
+        write_demo_data(str(data), train, OWNER["test"], size=OWNER["size"], seed=OWNER["seed"], style="owner")
     return {"train": str(data / "train"), "test": str(data / "test")}
 
 
@@ -82,6 +89,7 @@ def victim_config(model: dict | None, strength: dict, seed: int) -> VictimConfig
     """A fine-tune of a public model, or (``model`` None) a from-scratch victim of model A's architecture."""
     from mempipe.engine.surrogate import model_config_sizes
 
+    strength = {k: v for k, v in strength.items() if k != "train_pairs"}   # the owner set's size, not the victim's
     if model is None:
         a = public_models("A")["A"]
         return VictimConfig(**model_config_sizes(a["model_config"]), seed=seed, model_config=a["model_config"],
@@ -138,21 +146,23 @@ def differs(a: dict, b: dict) -> bool | None:
 # ---------------------------------------------------------------- calibration
 
 def calibrate(models: list[str], strengths: list[str], seeds: int, out: Path) -> None:
-    paths, data_urls = public_models("".join(models)), owner_data()
+    paths = public_models("".join(models))
     done = set()
     if out.exists():
         done = {(r["model"], r["strength"], r["condition"], r["seed"]) for r in json.loads(out.read_text())["runs"]}
     for seed in range(seeds):          # seed-major: a run cut short still has every strength at seed 0
         for letter in models:
             for strength in strengths:
+                data_urls = owner_data(train=ALL_STRENGTHS[strength].get("train_pairs"))
                 base = load_eval_data(data_urls["train"], data_urls["test"],
-                                      victim_config(paths[letter], STRENGTHS[strength], seed))
+                                      victim_config(paths[letter], ALL_STRENGTHS[strength], seed))
                 for condition in ("clean", "random-words"):
                     if (letter, strength, condition, seed) in done:
                         continue
                     data = base if condition == "clean" else random_words_data(base, seed)
                     started = time.time()
-                    result = run_victim(data, victim_config(paths[letter], STRENGTHS[strength], seed), show_progress=False)
+                    result = run_victim(data, victim_config(paths[letter], ALL_STRENGTHS[strength], seed),
+                                        show_progress=False)
                     entry = row_entry(result, model=letter, strength=strength, condition=condition, seed=seed,
                                       seconds=round(time.time() - started, 1))
                     _append(out, "runs", entry, meta())
@@ -167,7 +177,7 @@ def judge(runs: list[dict]) -> dict:
     table: dict = {}
     for letter in sorted({r["model"] for r in runs}):
         table[letter] = {}
-        for strength in STRENGTHS:
+        for strength in ALL_STRENGTHS:
             clean = [r for r in runs if (r["model"], r["strength"], r["condition"]) == (letter, strength, "clean")]
             control = [r for r in runs if (r["model"], r["strength"], r["condition"]) == (letter, strength, "random-words")]
             if not clean or not control:
@@ -178,17 +188,18 @@ def judge(runs: list[dict]) -> dict:
             table[letter][strength] = {
                 "zero_shot": {d: clean[0]["zero_shot"]["clean"][f"{d}_R@10"] for d in cg},
                 "clean_gain": cg, "control_gain": kg, "control_share": shares, "seeds": len(clean),
-                "valid_image_noise": image_ok,
+                "after_freeze": strength in AFTER_FREEZE, "valid_image_noise": image_ok,
                 "valid_trigger": image_ok and all(s is not None and s >= CONTROL_SHARE_MIN for s in shares.values()),
                 "clean_final_loss": stats([r["loss_curve"][-1] for r in clean]),
                 "control_final_loss": stats([r["loss_curve"][-1] for r in control])}
     return table
 
 
-def pick(table: dict) -> dict:
+def pick(table: dict, after_freeze: bool = False) -> dict:
     """The frozen settings, by the calibration rows alone: per question, the strength valid for the
-    same-model victim (A) with the largest clean gain; with none valid, the largest clean gain (a finding)."""
-    rows = table.get("A", {})
+    same-model victim (A) with the largest clean gain; with none valid, the largest clean gain (a finding).
+    ``after_freeze`` picks among the later strengths only, by the same rule (the second freeze)."""
+    rows = {s: v for s, v in table.get("A", {}).items() if bool(v.get("after_freeze")) == after_freeze}
 
     def clean_gain(s):
         return min(rows[s]["clean_gain"][d]["mean"] for d in ("i2t", "t2i"))
@@ -197,7 +208,7 @@ def pick(table: dict) -> dict:
     for question in ("image_noise", "trigger"):
         valid = [s for s in rows if rows[s][f"valid_{question}"]]
         choice = max(valid or rows, key=clean_gain) if rows else None
-        frozen[question] = {"strength": choice, **(STRENGTHS[choice] if choice else {}), "valid": bool(valid),
+        frozen[question] = {"strength": choice, **(ALL_STRENGTHS[choice] if choice else {}), "valid": bool(valid),
                             "rule": ("the valid strength with the largest clean gain" if valid else
                                      "no valid strength: the largest clean gain, reported as a finding"),
                             "valid_for_B": table.get("B", {}).get(choice, {}).get(f"valid_{question}")}
@@ -233,7 +244,7 @@ def calibrate_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="calibrate.py --regime finetune")
     ap.add_argument("--regime", default="finetune")
     ap.add_argument("--models", default="A,B")
-    ap.add_argument("--strengths", default=",".join(STRENGTHS))
+    ap.add_argument("--strengths", default=",".join(STRENGTHS), help=f"from {list(ALL_STRENGTHS)}")
     ap.add_argument("--seeds", type=int, default=SEEDS)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(RESULTS / "partial" / "calibration_finetune_runs.json"))
@@ -246,10 +257,11 @@ def calibrate_main(argv: list[str]) -> int:
         if any(v["seeds"] < SEEDS for rows in table.values() for v in rows.values()):
             print("warning: some rows have fewer than 3 seeds", file=sys.stderr)
         body = {"meta": meta(), "criteria": {"clean_gain_min": CLEAN_GAIN_MIN, "control_share_min": CONTROL_SHARE_MIN},
-                "strengths": STRENGTHS, "table": table, "frozen": pick(table), "runs": runs}
+                "strengths": STRENGTHS, "after_freeze": AFTER_FREEZE, "table": table, "frozen": pick(table),
+                "frozen_after": pick(table, after_freeze=True), "runs": runs}
         CALIBRATION.write_text(json.dumps(body, indent=1))
         plot_calibration(table, RESULTS / "calibration_finetune.png")
-        print(json.dumps({"frozen": body["frozen"]}, indent=1))
+        print(json.dumps({"frozen": body["frozen"], "frozen_after": body["frozen_after"]}, indent=1))
         return 0
     calibrate(args.models.split(","), args.strengths.split(","), args.seeds, Path(args.out))
     return 0
@@ -372,8 +384,8 @@ def training_data(row: str, sets: dict, cfg: VictimConfig, seed: int, cache: dic
     return images, captions, cache["tests"], cfg
 
 
-def effectiveness(rows: list[str], victims: list[str], seeds: int, out: Path) -> None:
-    frozen = json.loads(CALIBRATION.read_text())["frozen"]
+def effectiveness(rows: list[str], victims: list[str], seeds: int, out: Path, after_freeze: bool = False) -> None:
+    frozen = json.loads(CALIBRATION.read_text())["frozen_after" if after_freeze else "frozen"]
     needed = {s for r in rows for s in ROWS[r][:2] if s in VARIANTS}
     if any(ROWS[r][1] == "random-words-cluster" for r in rows):
         needed.add("mem3-cluster")
@@ -396,7 +408,7 @@ def effectiveness(rows: list[str], victims: list[str], seeds: int, out: Path) ->
                     if (label, victim, seed) in done:
                         continue
                     cfg = (victim_config(None, SCRATCH, seed) if victim == "scratch"
-                           else victim_config(models[victim], STRENGTHS[strength], seed))
+                           else victim_config(models[victim], ALL_STRENGTHS[strength], seed))
                     data = training_data(row, sets, cfg, seed, cache)
                     started = time.time()
                     result = run_victim(data, cfg, show_progress=False)
@@ -482,6 +494,8 @@ def effectiveness_main(argv: list[str]) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(RESULTS / "partial" / "effectiveness_finetune_rows.json"))
     ap.add_argument("--report", help="comma-separated row files -> effectiveness_finetune.json")
+    ap.add_argument("--after-freeze", action="store_true",
+                    help="run the rows at the second freeze (the longer fine-tunes calibrated later)")
     ap.add_argument("--protect-only", action="store_true",
                     help="protect every variant and stop (no victim; safe before calibration is frozen)")
     args = ap.parse_args(argv)
@@ -491,11 +505,11 @@ def effectiveness_main(argv: list[str]) -> int:
         return 0
     if args.report:
         body = report([Path(p) for p in args.report.split(",")])
-        EFFECTIVENESS.write_text(json.dumps(body, indent=1))
+        (EFFECTIVENESS_AFTER_FREEZE if args.after_freeze else EFFECTIVENESS).write_text(json.dumps(body, indent=1))
         print(json.dumps(body["goal"], indent=1))
         return 0
     unknown = set(args.rows.split(",")) - set(ROWS)
     if unknown:
         ap.error(f"unknown rows {sorted(unknown)}; choose from {list(ROWS)}")
-    effectiveness(args.rows.split(","), args.victims.split(","), args.seeds, Path(args.out))
+    effectiveness(args.rows.split(","), args.victims.split(","), args.seeds, Path(args.out), args.after_freeze)
     return 0

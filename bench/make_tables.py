@@ -378,7 +378,8 @@ def calibration_finetune_table() -> str:
         for strength, r in rows.items():
             z = r["zero_shot"]
             share = " / ".join("–" if v is None else f"{v:.2f}" for v in r["control_share"].values())
-            lines.append(f"| {letter} | {strength} | {r['seeds']} | {z['i2t']:.1f} / {z['t2i']:.1f} | "
+            name = f"{strength} (after the freeze)" if r.get("after_freeze") else strength
+            lines.append(f"| {letter} | {name} | {r['seeds']} | {z['i2t']:.1f} / {z['t2i']:.1f} | "
                          f"{_pm(r['clean_gain']['i2t'])} / {_pm(r['clean_gain']['t2i'])} | "
                          f"{_pm(r['control_gain']['i2t'])} / {_pm(r['control_gain']['t2i'])} | {share} | "
                          f"{r['clean_final_loss']['mean']:.2f} / {r['control_final_loss']['mean']:.2f} | "
@@ -387,6 +388,10 @@ def calibration_finetune_table() -> str:
     for question, f in data["frozen"].items():
         lines.append(f"- Frozen for the {question.replace('_', '-')} question: `{f['strength']}` (lr {f.get('lr')}, "
                      f"{f.get('epochs')} epochs): {f['rule']}.")
+    if any(r.get("after_freeze") for rows in data["table"].values() for r in rows.values()):
+        lines.append("- Strengths marked *after the freeze* were calibrated (clean and control only) after protected "
+                     "rows had run; they say whether a longer fine-tune would make the regime valid and are never "
+                     "eligible for the pick.")
     return "\n".join(lines)
 
 

@@ -156,7 +156,7 @@ def test_finetune_preset_protects_against_the_pretrained_surrogate_as_given(publ
 
 
 def test_calibration_freezes_by_clean_and_control_alone_and_the_two_sd_rule():
-    from bench.finetune_regime import STRENGTHS, differs, judge, pick
+    from bench.finetune_regime import AFTER_FREEZE, STRENGTHS, differs, judge, pick
 
     weak, middle, strong = list(STRENGTHS)
 
@@ -165,18 +165,22 @@ def test_calibration_freezes_by_clean_and_control_alone_and_the_two_sd_rule():
         return {"model": "A", "strength": strength, "condition": condition, "seed": seed, "gain": gain,
                 "zero_shot": {"clean": {"i2t_R@10": 4.0, "t2i_R@10": 3.0}}, "loss_curve": [1.0]}
 
+    late = next(iter(AFTER_FREEZE))
     runs = []
     for seed in range(3):
-        runs += [run(weak, "clean", seed, 8 + seed, 9), run(weak, "random-words", seed, 7, 8),         # too small
+        runs += [run(late, "clean", seed, 40, 40), run(late, "random-words", seed, 39, 39),    # after the freeze
+                 run(weak, "clean", seed, 8 + seed, 9), run(weak, "random-words", seed, 7, 8),         # too small
                  run(middle, "clean", seed, 20 + seed, 18), run(middle, "random-words", seed, 16, 15),  # both valid
                  run(strong, "clean", seed, 30 + seed, 28), run(strong, "random-words", seed, 3, 2)]    # control lost
     table = judge(runs)["A"]
+    assert table[late]["after_freeze"] and table[late]["valid_trigger"]
     assert not table[weak]["valid_image_noise"]
     assert table[middle]["valid_trigger"] and table[strong]["valid_image_noise"]
     assert not table[strong]["valid_trigger"]
     frozen = pick({"A": table})
     assert frozen["image_noise"]["strength"] == strong      # the largest clean gain among the valid
-    assert frozen["trigger"]["strength"] == middle
+    assert frozen["trigger"]["strength"] == middle          # a later, better strength never moves the freeze
+    assert pick({"A": table}, after_freeze=True)["trigger"]["strength"] == late   # the second freeze: its own pick
     assert differs({"mean": 10, "sd": 1}, {"mean": 5, "sd": 1}) is True
     assert differs({"mean": 10, "sd": 3}, {"mean": 5, "sd": 3}) is False       # 5 < 2 x 3
     assert differs({"mean": 10, "sd": None}, {"mean": 5, "sd": 1}) is None     # one seed: no call
