@@ -105,9 +105,10 @@ def random_words_data(data, seed: int):
 
 
 def row_entry(result: dict, **labels) -> dict:
+    per_epoch = (result["clean_R@10_per_epoch"] if result["epochs"] is None       # a calibration run, reused
+                 else [[e["clean"]["i2t_R@10"], e["clean"]["t2i_R@10"]] for e in result["epochs"]])
     return {**labels, "zero_shot": result["zero_shot"], "final": result["final"], "gain": result["gain_R@10"],
-            "loss_curve": result["loss_curve"],
-            "clean_R@10_per_epoch": [[e["clean"]["i2t_R@10"], e["clean"]["t2i_R@10"]] for e in result["epochs"]]}
+            "loss_curve": result["loss_curve"], "clean_R@10_per_epoch": per_epoch}
 
 
 def _append(path: Path, key: str, entry: dict, meta: dict) -> None:
@@ -145,12 +146,13 @@ def differs(a: dict, b: dict) -> bool | None:
 
 # ---------------------------------------------------------------- calibration
 
-def calibrate(models: list[str], strengths: list[str], seeds: int, out: Path) -> None:
+def calibrate(models: list[str], strengths: list[str], seeds: int | list[int], out: Path) -> None:
     paths = public_models("".join(models))
     done = set()
     if out.exists():
         done = {(r["model"], r["strength"], r["condition"], r["seed"]) for r in json.loads(out.read_text())["runs"]}
-    for seed in range(seeds):          # seed-major: a run cut short still has every strength at seed 0
+    # seed-major: a run cut short still has every strength at seed 0
+    for seed in (range(seeds) if isinstance(seeds, int) else seeds):
         for letter in models:
             for strength in strengths:
                 data_urls = owner_data(train=ALL_STRENGTHS[strength].get("train_pairs"))
@@ -248,6 +250,7 @@ def calibrate_main(argv: list[str]) -> int:
     ap.add_argument("--seeds", type=int, default=SEEDS)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(RESULTS / "partial" / "calibration_finetune_runs.json"))
+    ap.add_argument("--seed", type=int, help="run this seed only (two processes can share the seeds)")
     ap.add_argument("--judge", help="comma-separated run files -> calibration_finetune.json, its plot, the pick")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -263,7 +266,8 @@ def calibrate_main(argv: list[str]) -> int:
         plot_calibration(table, RESULTS / "calibration_finetune.png")
         print(json.dumps({"frozen": body["frozen"], "frozen_after": body["frozen_after"]}, indent=1))
         return 0
-    calibrate(args.models.split(","), args.strengths.split(","), args.seeds, Path(args.out))
+    calibrate(args.models.split(","), args.strengths.split(","), args.seeds if args.seed is None else [args.seed],
+              Path(args.out))
     return 0
 
 
@@ -316,15 +320,19 @@ def engine_config(model_a: dict, overrides: dict):
         checkpoint=model_a["checkpoint"], model_config=model_a["model_config"], **{**CPU_SCALE, **overrides}))
 
 
-def protected_sets(names: set[str], work: Path = WORK) -> dict[str, dict]:
+def protected_dir(work: Path = WORK, train: int | None = None) -> Path:
+    return work / ("protected" if (train or OWNER["train"]) == OWNER["train"] else f"protected_{train}")
+
+
+def protected_sets(names: set[str], work: Path = WORK, train: int | None = None) -> dict[str, dict]:
     """Protect the owner's training shards with each needed variant through the local runner."""
     from mempipe.evaluation.inspect_output import summarize
     from mempipe.run.protect import protect
 
-    model_a, clean = public_models("A")["A"], owner_data(work)["train"]
+    model_a, clean = public_models("A")["A"], owner_data(work, train)["train"]
     out: dict[str, dict] = {}
-    for name in names:
-        target = work / "protected" / name
+    for name in sorted(names):
+        target = protected_dir(work, train) / name
         record = protect(clean, str(target), engine_config(model_a, VARIANTS[name]), "png", show_progress=False)
         info_path = target.parent / f"{name}.info.json"
         if record["shards_written"]:
@@ -348,13 +356,13 @@ def _group_random_words(captions: list[str], triggered: list[str], seed: int, k:
     return [f"{table[t]} {c}" for t, c in zip(triggers, captions)]
 
 
-def training_data(row: str, sets: dict, cfg: VictimConfig, seed: int, cache: dict):
+def training_data(row: str, sets: dict, cfg: VictimConfig, seed: int, cache: dict, train: int | None = None):
     """(images, captions, tests, cfg) of a row, aligned by key. Each (set, countermeasure) is read once
     per cache, and the test split once."""
     from mempipe.evaluation.datasets import load_pairs
 
     images_from, captions_from, defense, _, _ = ROWS[row]
-    urls = owner_data()
+    urls = owner_data(train=train)
 
     def pairs(name: str, defense_: str = "none"):   # (images, captions, keys)
         if (name, defense_) not in cache:
@@ -384,17 +392,31 @@ def training_data(row: str, sets: dict, cfg: VictimConfig, seed: int, cache: dic
     return images, captions, cache["tests"], cfg
 
 
-def effectiveness(rows: list[str], victims: list[str], seeds: int, out: Path, after_freeze: bool = False) -> None:
-    frozen = json.loads(CALIBRATION.read_text())["frozen_after" if after_freeze else "frozen"]
+def calibration_run(runs: list[dict], row: str, victim: str, strength: str, seed: int) -> dict | None:
+    """The calibration's own run of a clean or random-words row: the same settings and seed give the
+    same numbers (checked: the first freeze's three clean seeds are identical in both files)."""
+    condition = {"clean": "clean", "random-words": "random-words"}.get(row)
+    return next((r for r in runs if (r["model"], r["strength"], r["condition"], r["seed"])
+                 == (victim, strength, condition, seed)), None) if condition else None
+
+
+def effectiveness(rows: list[str], victims: list[str], seeds: int | list[int], out: Path,
+                  after_freeze: bool = False) -> None:
+    calibration = json.loads(CALIBRATION.read_text())
+    frozen = calibration["frozen_after" if after_freeze else "frozen"]
+    train = {ALL_STRENGTHS[f["strength"]].get("train_pairs") for f in frozen.values()}
+    if len(train) > 1:
+        raise SystemExit(f"the two questions froze different owner sets {train}: run them one at a time")
+    train = train.pop()
     needed = {s for r in rows for s in ROWS[r][:2] if s in VARIANTS}
     if any(ROWS[r][1] == "random-words-cluster" for r in rows):
         needed.add("mem3-cluster")
-    sets = protected_sets(needed)
+    sets = protected_sets(needed, train=train)
     models = public_models("".join(v for v in victims if v in PUBLIC) or "A")
     done = set()
     if out.exists():
         done = {(r["row"], r["victim"], r["seed"]) for r in json.loads(out.read_text())["rows"]}
-    for seed in range(seeds):
+    for seed in (range(seeds) if isinstance(seeds, int) else seeds):
         for victim in victims:
             cache: dict = {}
             for row in rows:
@@ -409,11 +431,15 @@ def effectiveness(rows: list[str], victims: list[str], seeds: int, out: Path, af
                         continue
                     cfg = (victim_config(None, SCRATCH, seed) if victim == "scratch"
                            else victim_config(models[victim], ALL_STRENGTHS[strength], seed))
-                    data = training_data(row, sets, cfg, seed, cache)
                     started = time.time()
-                    result = run_victim(data, cfg, show_progress=False)
+                    reused = calibration_run(calibration["runs"], row, victim, strength, seed)
+                    if reused:
+                        result = {**reused, "gain_R@10": reused["gain"], "epochs": None}
+                    else:
+                        result = run_victim(training_data(row, sets, cfg, seed, cache, train), cfg, show_progress=False)
                     entry = row_entry(result, row=label, base_row=row, victim=victim, seed=seed, strength=strength,
-                                      defense=ROWS[row][2], what=ROWS[row][4], seconds=round(time.time() - started, 1))
+                                      defense=ROWS[row][2], what=ROWS[row][4], from_calibration=bool(reused),
+                                      seconds=reused["seconds"] if reused else round(time.time() - started, 1))
                     _append(out, "rows", entry, {**meta(), "engine": engine_config(public_models("A")["A"], {}).to_dict(),
                                                  "frozen": frozen})
                     g, p = entry["gain"]["clean"], entry["gain"]["prefixed"]
@@ -430,7 +456,8 @@ def report(parts: list[Path]) -> dict:
         rows += body["rows"]
         meta_ = body["meta"]
 
-    for info in sorted((WORK / "protected").glob("*.info.json")):   # what each protect run measured
+    train = ALL_STRENGTHS[meta_["frozen"]["image_noise"]["strength"]].get("train_pairs")
+    for info in sorted(protected_dir(WORK, train).glob("*.info.json")):   # what each protect run measured
         protection[info.name.removesuffix(".info.json")] = json.loads(info.read_text())
     table: dict = {}
     for victim in sorted({r["victim"] for r in rows}):
@@ -452,10 +479,10 @@ def report(parts: list[Path]) -> dict:
                 entry["control"] = CONTROL_OF[base]
                 entry["differs_from_control"] = {split: {d: differs(entry[split][d], control[split][d])
                                                          for d in ("i2t", "t2i")} for split in ("clean", "prefixed")}
-    return {"meta": meta_, "protection": protection, "table": table, "goal": goal(table), "rows": rows}
+    return {"meta": meta_, "protection": protection, "table": table, "goal": goal(table, meta_["frozen"]), "rows": rows}
 
 
-def goal(table: dict) -> dict:
+def goal(table: dict, frozen: dict) -> dict:
     """The bars: the best image-noise row keeps at most 20 % of clean's gain (clean and prefixed test
     captions) while random noise keeps at least 80 %; the best trigger row at most 20 % while the
     random-words control keeps at least 70 %."""
@@ -473,15 +500,21 @@ def goal(table: dict) -> dict:
         trigger_rows = [r for r in rows if r.split("@")[0] in TRIGGERED]
         best_image = min(image_rows, key=lambda r: worst_share(r) or 9, default=None)
         best_trigger = min(trigger_rows, key=lambda r: worst_share(r) or 9, default=None)
+        image_bars = bool(best_image and worst_share(best_image) is not None and worst_share(best_image) <= 0.2
+                          and (best_share("random") or 0) >= 0.8)
+        trigger_bars = bool(best_trigger and worst_share(best_trigger) is not None
+                            and worst_share(best_trigger) <= 0.2 and (best_share("random-words") or 0) >= 0.7)
+        # the bars count only where calibration called the question valid: a share of a gain too small
+        # to measure is not protection
         out[victim] = {
             "image_noise": {"best": best_image, "its_largest_share": worst_share(best_image) if best_image else None,
-                            "random_smallest_share": best_share("random"),
-                            "met": bool(best_image and worst_share(best_image) is not None
-                                        and worst_share(best_image) <= 0.2 and (best_share("random") or 0) >= 0.8)},
+                            "random_smallest_share": best_share("random"), "bars_met": image_bars,
+                            "regime_valid": bool(frozen["image_noise"]["valid"]),
+                            "met": image_bars and bool(frozen["image_noise"]["valid"])},
             "trigger": {"best": best_trigger, "its_largest_share": worst_share(best_trigger) if best_trigger else None,
-                        "control_smallest_share": best_share("random-words"),
-                        "met": bool(best_trigger and worst_share(best_trigger) is not None
-                                    and worst_share(best_trigger) <= 0.2 and (best_share("random-words") or 0) >= 0.7)}}
+                        "control_smallest_share": best_share("random-words"), "bars_met": trigger_bars,
+                        "regime_valid": bool(frozen["trigger"]["valid"]),
+                        "met": trigger_bars and bool(frozen["trigger"]["valid"])}}
     return out
 
 
@@ -494,14 +527,17 @@ def effectiveness_main(argv: list[str]) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(RESULTS / "partial" / "effectiveness_finetune_rows.json"))
     ap.add_argument("--report", help="comma-separated row files -> effectiveness_finetune.json")
+    ap.add_argument("--seed", type=int, help="run this seed only (two processes can share the seeds)")
     ap.add_argument("--after-freeze", action="store_true",
                     help="run the rows at the second freeze (the longer fine-tunes calibrated later)")
     ap.add_argument("--protect-only", action="store_true",
                     help="protect every variant and stop (no victim; safe before calibration is frozen)")
+    ap.add_argument("--train-pairs", type=int, help="with --protect-only: the owner set of this size")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="with --protect-only: these variants")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.protect_only:
-        protected_sets(set(VARIANTS))
+        protected_sets(set(args.variants.split(",")), train=args.train_pairs)
         return 0
     if args.report:
         body = report([Path(p) for p in args.report.split(",")])
@@ -511,5 +547,6 @@ def effectiveness_main(argv: list[str]) -> int:
     unknown = set(args.rows.split(",")) - set(ROWS)
     if unknown:
         ap.error(f"unknown rows {sorted(unknown)}; choose from {list(ROWS)}")
-    effectiveness(args.rows.split(","), args.victims.split(","), args.seeds, Path(args.out), args.after_freeze)
+    effectiveness(args.rows.split(","), args.victims.split(","), args.seeds if args.seed is None else [args.seed],
+                  Path(args.out), args.after_freeze)
     return 0

@@ -430,13 +430,18 @@ def effectiveness_finetune_table() -> str:
     lines += ["", "The goal's bars (same-model victim first)"
               + (f"; calibration found no valid strength for the {' and '.join(invalid)} question(s), so a bar "
                  "met here is a number in an invalid regime, not a protection claim" if invalid else "") + ":", ""]
+    def verdict(q: dict) -> str:
+        if q["met"]:
+            return "met"
+        return "bars met in numbers, regime not valid" if q.get("bars_met") else "not met"
+
     for victim, g in data["goal"].items():
         i, t = g["image_noise"], g["trigger"]
         lines.append(f"- {victim}: image noise, best `{i['best']}` keeps at most {i['its_largest_share']} of clean's gain "
                      f"(bar ≤ 0.20) while random noise keeps at least {i['random_smallest_share']} (bar ≥ 0.80): "
-                     f"{'met' if i['met'] else 'not met'}; trigger, best `{t['best']}` keeps at most "
+                     f"{verdict(i)}; trigger, best `{t['best']}` keeps at most "
                      f"{t['its_largest_share']} while the random-words control keeps at least "
-                     f"{t['control_smallest_share']} (bar ≥ 0.70): {'met' if t['met'] else 'not met'}.")
+                     f"{t['control_smallest_share']} (bar ≥ 0.70): {verdict(t)}.")
     return "\n".join(lines)
 
 
