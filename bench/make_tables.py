@@ -395,9 +395,9 @@ def calibration_finetune_table() -> str:
     return "\n".join(lines)
 
 
-def effectiveness_finetune_table() -> str:
+def effectiveness_finetune_table(name: str = "effectiveness_finetune") -> str:
     """Fine-tuning gains of every row, per victim, with its share of clean's gain and the 2-sd verdict."""
-    data = _result("effectiveness_finetune")
+    data = _result(name)
     if data is None:
         return "(not measured yet: `python bench/effectiveness.py --regime finetune`)"
     names = {"A": "public model A fine-tuned (same model as the surrogate)",
@@ -448,9 +448,9 @@ def effectiveness_finetune_table() -> str:
 HEADLINE_ROWS = ("clean", "random", "em", "mem3+orig", "mem3", "random-words", "trigger-only")
 
 
-def finetune_headline_table() -> str:
+def finetune_headline_table(name: str = "effectiveness_finetune") -> str:
     """The README's compact view: the headline rows' gains for the fine-tuned victims."""
-    data = _result("effectiveness_finetune")
+    data = _result(name)
     if data is None:
         return "(not measured yet: `python bench/effectiveness.py --regime finetune`)"
     victims = [v for v in ("A", "B") if v in data["table"]]
@@ -476,7 +476,7 @@ def finetune_headline_table() -> str:
 
 TABLES = {
     "effectiveness": effectiveness_table,
-    "effectiveness-finetune-headline": finetune_headline_table,
+    "effectiveness-finetune-headline": lambda: finetune_headline_table("effectiveness_finetune_after_freeze"),
     "effectiveness-photo": lambda: effectiveness_table("effectiveness_photo"),
     "goal-photo": goal_table,
     "shortcut-race": shortcut_race_table,
@@ -490,6 +490,7 @@ TABLES = {
     "memory-cluster": memory_table,
     "calibration-finetune": calibration_finetune_table,
     "effectiveness-finetune": effectiveness_finetune_table,
+    "effectiveness-finetune-8k": lambda: effectiveness_finetune_table("effectiveness_finetune_after_freeze"),
 }
 
 
