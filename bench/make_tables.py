@@ -389,9 +389,12 @@ def calibration_finetune_table() -> str:
         lines.append(f"- Frozen for the {question.replace('_', '-')} question: `{f['strength']}` (lr {f.get('lr')}, "
                      f"{f.get('epochs')} epochs): {f['rule']}.")
     if any(r.get("after_freeze") for rows in data["table"].values() for r in rows.values()):
-        lines.append("- Strengths marked *after the freeze* were calibrated (clean and control only) after protected "
-                     "rows had run; they say whether a longer fine-tune would make the regime valid and are never "
-                     "eligible for the pick.")
+        lines.append("- Strengths marked *after the freeze* were calibrated (clean and control only) after the first "
+                     "freeze's protected rows had run. They are never eligible for the first pick; they get their own "
+                     "by the same rule, frozen before any protected row ran at them:")
+        for question, f in data.get("frozen_after", {}).items():
+            lines.append(f"  second freeze for the {question.replace('_', '-')} question: `{f['strength']}`: "
+                         f"{f['rule']}.")
     return "\n".join(lines)
 
 
