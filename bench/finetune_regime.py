@@ -58,8 +58,8 @@ OWNER = {"train": 2000, "test": 500, "size": 32, "seed": 0, "style": "owner"}
 # ViT-B/32 fine-tuned on 30,000 pairs) up to a from-scratch rate, since a small model moves less per step
 STRENGTHS = {"lr3e-4": {"lr": 3e-4, "epochs": 10}, "lr1e-3": {"lr": 1e-3, "epochs": 10},
              "lr3e-3": {"lr": 3e-3, "epochs": 10}}
-# longer fine-tunes, calibrated (clean and control only) after the settings were frozen and protected rows
-# had run: reported beside the others, never eligible for the pick
+# stronger fine-tunes (longer, or on more of the owner's pairs), calibrated (clean and control only) after
+# the first freeze's protected rows had run: reported beside the others, never eligible for the first pick
 AFTER_FREEZE = {"lr1e-3x30": {"lr": 1e-3, "epochs": 30},
                 "lr1e-3-8k": {"lr": 1e-3, "epochs": 10, "train_pairs": 8000}}   # 4 times the owner's pairs
 ALL_STRENGTHS = {**STRENGTHS, **AFTER_FREEZE}
@@ -155,6 +155,8 @@ def calibrate(models: list[str], strengths: list[str], seeds: int | list[int], o
     for seed in (range(seeds) if isinstance(seeds, int) else seeds):
         for letter in models:
             for strength in strengths:
+                if all((letter, strength, c, seed) in done for c in ("clean", "random-words")):
+                    continue
                 data_urls = owner_data(train=ALL_STRENGTHS[strength].get("train_pairs"))
                 base = load_eval_data(data_urls["train"], data_urls["test"],
                                       victim_config(paths[letter], ALL_STRENGTHS[strength], seed))
@@ -395,9 +397,10 @@ def training_data(row: str, sets: dict, cfg: VictimConfig, seed: int, cache: dic
 def calibration_run(runs: list[dict], row: str, victim: str, strength: str, seed: int) -> dict | None:
     """The calibration's own run of a clean or random-words row: the same settings and seed give the
     same numbers (checked: the first freeze's three clean seeds are identical in both files)."""
-    condition = {"clean": "clean", "random-words": "random-words"}.get(row)
+    if row not in ("clean", "random-words"):
+        return None
     return next((r for r in runs if (r["model"], r["strength"], r["condition"], r["seed"])
-                 == (victim, strength, condition, seed)), None) if condition else None
+                 == (victim, strength, row, seed)), None)
 
 
 def effectiveness(rows: list[str], victims: list[str], seeds: int | list[int], out: Path,
@@ -529,7 +532,7 @@ def effectiveness_main(argv: list[str]) -> int:
     ap.add_argument("--report", help="comma-separated row files -> effectiveness_finetune.json")
     ap.add_argument("--seed", type=int, help="run this seed only (two processes can share the seeds)")
     ap.add_argument("--after-freeze", action="store_true",
-                    help="run the rows at the second freeze (the longer fine-tunes calibrated later)")
+                    help="run the rows at the second freeze (the stronger fine-tunes calibrated later)")
     ap.add_argument("--protect-only", action="store_true",
                     help="protect every variant and stop (no victim; safe before calibration is frozen)")
     ap.add_argument("--train-pairs", type=int, help="with --protect-only: the owner set of this size")

@@ -433,6 +433,7 @@ def effectiveness_finetune_table(name: str = "effectiveness_finetune") -> str:
     lines += ["", "The goal's bars (same-model victim first)"
               + (f"; calibration found no valid strength for the {' and '.join(invalid)} question(s), so a bar "
                  "met here is a number in an invalid regime, not a protection claim" if invalid else "") + ":", ""]
+
     def verdict(q: dict) -> str:
         if q["met"]:
             return "met"
