@@ -76,10 +76,15 @@ def public_models(letters: str = "AB") -> dict[str, dict]:
             for letter, name in PUBLIC.items() if letter in letters}
 
 
+def sized(name: str, train: int | None) -> str:
+    """A folder name per owner-set size: the default size keeps the plain name."""
+    return name if (train or OWNER["train"]) == OWNER["train"] else f"{name}_{train}"
+
+
 def owner_data(work: Path = WORK, train: int | None = None) -> dict[str, str]:
     """The owner's shards; a larger ``train`` keeps the same test split (and the smaller set as its start)."""
     train = train or OWNER["train"]
-    data = work / ("owner" if train == OWNER["train"] else f"owner_{train}")
+    data = work / sized("owner", train)
     if not (data / "test").exists():
         write_demo_data(str(data), train, OWNER["test"], size=OWNER["size"], seed=OWNER["seed"], style="owner")
     return {"train": str(data / "train"), "test": str(data / "test")}
@@ -323,7 +328,7 @@ def engine_config(model_a: dict, overrides: dict):
 
 
 def protected_dir(work: Path = WORK, train: int | None = None) -> Path:
-    return work / ("protected" if (train or OWNER["train"]) == OWNER["train"] else f"protected_{train}")
+    return work / sized("protected", train)
 
 
 def protected_sets(names: set[str], work: Path = WORK, train: int | None = None) -> dict[str, dict]:
