@@ -76,6 +76,22 @@ def public_models(letters: str = "AB") -> dict[str, dict]:
             for letter, name in PUBLIC.items() if letter in letters}
 
 
+# the stand-ins' checkpoints are bit-identical for one seed on one CPU, not across CPUs (float kernels
+# differ in the last bits); each run records the build it used, and runs from before that field are
+# on the first build
+FIRST_BUILD = "3590d402d2d8-e2a2d0ca6747"
+
+
+def build_id() -> str:
+    """The build of the public models in the cache: the first 12 hex digits of A's and B's checkpoint SHA-256."""
+    models = public_models("AB")
+    return "-".join(models[letter]["checkpoint_sha256"][:12] for letter in "AB")
+
+
+def build_of(entry: dict) -> str:
+    return entry.get("build", FIRST_BUILD)
+
+
 def sized(name: str, train: int | None) -> str:
     """A folder name per owner-set size: the default size keeps the plain name."""
     return name if (train or OWNER["train"]) == OWNER["train"] else f"{name}_{train}"
@@ -152,10 +168,11 @@ def differs(a: dict, b: dict) -> bool | None:
 # ---------------------------------------------------------------- calibration
 
 def calibrate(models: list[str], strengths: list[str], seeds: int | list[int], out: Path) -> None:
-    paths = public_models("".join(models))
+    paths, build = public_models("".join(models)), build_id()
     done = set()
     if out.exists():
-        done = {(r["model"], r["strength"], r["condition"], r["seed"]) for r in json.loads(out.read_text())["runs"]}
+        done = {(r["model"], r["strength"], r["condition"], r["seed"]) for r in json.loads(out.read_text())["runs"]
+                if build_of(r) == build}
     # seed-major: a run cut short still has every strength at seed 0
     for seed in (range(seeds) if isinstance(seeds, int) else seeds):
         for letter in models:
@@ -173,7 +190,7 @@ def calibrate(models: list[str], strengths: list[str], seeds: int | list[int], o
                     result = run_victim(data, victim_config(paths[letter], ALL_STRENGTHS[strength], seed),
                                         show_progress=False)
                     entry = row_entry(result, model=letter, strength=strength, condition=condition, seed=seed,
-                                      seconds=round(time.time() - started, 1))
+                                      build=build, seconds=round(time.time() - started, 1))
                     _append(out, "runs", entry, meta())
                     g = entry["gain"]["clean"]
                     print(f"{letter} {strength:7s} {condition:12s} seed {seed}: zero-shot "
@@ -197,6 +214,7 @@ def judge(runs: list[dict]) -> dict:
             table[letter][strength] = {
                 "zero_shot": {d: clean[0]["zero_shot"]["clean"][f"{d}_R@10"] for d in cg},
                 "clean_gain": cg, "control_gain": kg, "control_share": shares, "seeds": len(clean),
+                "builds": len({build_of(r) for r in clean + control}),
                 "after_freeze": strength in AFTER_FREEZE, "valid_image_noise": image_ok,
                 "valid_trigger": image_ok and all(s is not None and s >= CONTROL_SHARE_MIN for s in shares.values()),
                 "clean_final_loss": stats([r["loss_curve"][-1] for r in clean]),
@@ -399,13 +417,13 @@ def training_data(row: str, sets: dict, cfg: VictimConfig, seed: int, cache: dic
     return images, captions, cache["tests"], cfg
 
 
-def calibration_run(runs: list[dict], row: str, victim: str, strength: str, seed: int) -> dict | None:
-    """The calibration's own run of a clean or random-words row: the same settings and seed give the
-    same numbers (checked: the first freeze's three clean seeds are identical in both files)."""
+def calibration_run(runs: list[dict], row: str, victim: str, strength: str, seed: int, build: str) -> dict | None:
+    """The calibration's own run of a clean or random-words row: the same settings, seed and build give
+    the same numbers (checked: the first freeze's three clean seeds are identical in both files)."""
     if row not in ("clean", "random-words"):
         return None
-    return next((r for r in runs if (r["model"], r["strength"], r["condition"], r["seed"])
-                 == (victim, strength, row, seed)), None)
+    return next((r for r in runs if (r["model"], r["strength"], r["condition"], r["seed"], build_of(r))
+                 == (victim, strength, row, seed, build)), None)
 
 
 def effectiveness(rows: list[str], victims: list[str], seeds: int | list[int], out: Path,
@@ -420,10 +438,10 @@ def effectiveness(rows: list[str], victims: list[str], seeds: int | list[int], o
     if any(ROWS[r][1] == "random-words-cluster" for r in rows):
         needed.add("mem3-cluster")
     sets = protected_sets(needed, train=train)
-    models = public_models("".join(v for v in victims if v in PUBLIC) or "A")
+    models, build = public_models("".join(v for v in victims if v in PUBLIC) or "A"), build_id()
     done = set()
     if out.exists():
-        done = {(r["row"], r["victim"], r["seed"]) for r in json.loads(out.read_text())["rows"]}
+        done = {(r["row"], r["victim"], r["seed"]) for r in json.loads(out.read_text())["rows"] if build_of(r) == build}
     for seed in (range(seeds) if isinstance(seeds, int) else seeds):
         for victim in victims:
             cache: dict = {}
@@ -440,13 +458,13 @@ def effectiveness(rows: list[str], victims: list[str], seeds: int | list[int], o
                     cfg = (victim_config(None, SCRATCH, seed) if victim == "scratch"
                            else victim_config(models[victim], ALL_STRENGTHS[strength], seed))
                     started = time.time()
-                    reused = calibration_run(calibration["runs"], row, victim, strength, seed)
+                    reused = calibration_run(calibration["runs"], row, victim, strength, seed, build)
                     if reused:
                         result = {**reused, "gain_R@10": reused["gain"], "epochs": None}
                     else:
                         result = run_victim(training_data(row, sets, cfg, seed, cache, train), cfg, show_progress=False)
                     entry = row_entry(result, row=label, base_row=row, victim=victim, seed=seed, strength=strength,
-                                      defense=ROWS[row][2], what=ROWS[row][4], from_calibration=bool(reused),
+                                      defense=ROWS[row][2], what=ROWS[row][4], from_calibration=bool(reused), build=build,
                                       seconds=reused["seconds"] if reused else round(time.time() - started, 1))
                     _append(out, "rows", entry, {**meta(), "engine": engine_config(public_models("A")["A"], {}).to_dict(),
                                                  "frozen": frozen})
@@ -473,6 +491,7 @@ def report(parts: list[Path]) -> dict:
         for label in dict.fromkeys(r["row"] for r in rows if r["victim"] == victim):
             runs = [r for r in rows if (r["victim"], r["row"]) == (victim, label)]
             table[victim][label] = {"what": runs[0]["what"], "strength": runs[0]["strength"], "seeds": len(runs),
+                                    "builds": len({build_of(r) for r in runs}),
                                     **{split: gain_stats(runs, split) for split in ("clean", "prefixed")},
                                     "final_loss": stats([r["loss_curve"][-1] for r in runs])}
         for label, entry in table[victim].items():

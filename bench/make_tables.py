@@ -363,6 +363,16 @@ def _pm(stat: dict) -> str:
     return f"{stat['mean']:.1f}" + (f" ± {stat['sd']:.1f}" if stat.get("sd") is not None else "")
 
 
+def _seeds(entry: dict) -> str:
+    """Runs behind a mean; a dagger where they span two builds of the public stand-ins."""
+    return f"{entry['seeds']}†" if entry.get("builds", 1) > 1 else str(entry["seeds"])
+
+
+BUILDS_NOTE = ("†: runs on two builds of the public stand-ins. The same seed gives the same checkpoint bytes "
+               "on one CPU, not across CPUs; the rebuild on another CPU differs in the last bits (its web-test "
+               "retrieval within 0.6 R@10 points), and each run records the build it used.")
+
+
 def calibration_finetune_table() -> str:
     """Zero-shot, clean and random-words fine-tuning gains per public model and strength, and the pick."""
     data = _result("calibration_finetune")
@@ -379,7 +389,7 @@ def calibration_finetune_table() -> str:
             z = r["zero_shot"]
             share = " / ".join("–" if v is None else f"{v:.2f}" for v in r["control_share"].values())
             name = f"{strength} (after the freeze)" if r.get("after_freeze") else strength
-            lines.append(f"| {letter} | {name} | {r['seeds']} | {z['i2t']:.1f} / {z['t2i']:.1f} | "
+            lines.append(f"| {letter} | {name} | {_seeds(r)} | {z['i2t']:.1f} / {z['t2i']:.1f} | "
                          f"{_pm(r['clean_gain']['i2t'])} / {_pm(r['clean_gain']['t2i'])} | "
                          f"{_pm(r['control_gain']['i2t'])} / {_pm(r['control_gain']['t2i'])} | {share} | "
                          f"{r['clean_final_loss']['mean']:.2f} / {r['control_final_loss']['mean']:.2f} | "
@@ -395,6 +405,8 @@ def calibration_finetune_table() -> str:
         for question, f in data.get("frozen_after", {}).items():
             lines.append(f"  second freeze for the {question.replace('_', '-')} question: `{f['strength']}`: "
                          f"{f['rule']}.")
+    if any(r.get('builds', 1) > 1 for rows in data["table"].values() for r in rows.values()):
+        lines += ['', BUILDS_NOTE]
     return "\n".join(lines)
 
 
@@ -423,7 +435,7 @@ def effectiveness_finetune_table(name: str = "effectiveness_finetune") -> str:
                                                                                "partly" if any(flat) else "no"))
             else:
                 verdict_text = ""
-            lines.append(f"| {label} | {r['what']} | {r['seeds']} | {_pm(r['clean']['i2t'])} / {_pm(r['clean']['t2i'])} | "
+            lines.append(f"| {label} | {r['what']} | {_seeds(r)} | {_pm(r['clean']['i2t'])} / {_pm(r['clean']['t2i'])} | "
                          f"{_pm(r['prefixed']['i2t'])} / {_pm(r['prefixed']['t2i'])} | {share_text} | {verdict_text} |")
         lines.append("")
     lines += ["Protected sets (against public model A, frozen; `mempipe inspect` against the originals):", "",
@@ -446,6 +458,8 @@ def effectiveness_finetune_table(name: str = "effectiveness_finetune") -> str:
                      f"{verdict(i)}; trigger, best `{t['best']}` keeps at most "
                      f"{t['its_largest_share']} while the random-words control keeps at least "
                      f"{t['control_smallest_share']} (bar ≥ 0.70): {verdict(t)}.")
+    if any(r.get('builds', 1) > 1 for rows in data["table"].values() for r in rows.values()):
+        lines += ['', BUILDS_NOTE]
     return "\n".join(lines)
 
 
@@ -472,9 +486,11 @@ def finetune_headline_table(name: str = "effectiveness_finetune") -> str:
                 cells += ["–", "–"]
                 continue
             share = e.get("share_of_clean", {}).get("clean", {})
-            cells += [f"{_pm(e['clean']['i2t'])} / {_pm(e['clean']['t2i'])} ({e['seeds']} seed{'s' if e['seeds'] > 1 else ''})",
+            cells += [f"{_pm(e['clean']['i2t'])} / {_pm(e['clean']['t2i'])} ({_seeds(e)} seed{'s' if e['seeds'] > 1 else ''})",
                       " / ".join("–" if share.get(d) is None else f"{share[d]:.2f}" for d in ("i2t", "t2i"))]
         lines.append(f"| {row} | {what} | " + " | ".join(cells) + " |")
+    if any(r.get('builds', 1) > 1 for rows in data["table"].values() for r in rows.values()):
+        lines += ['', BUILDS_NOTE]
     return "\n".join(lines)
 
 

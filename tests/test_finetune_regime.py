@@ -156,7 +156,7 @@ def test_finetune_preset_protects_against_the_pretrained_surrogate_as_given(publ
 
 
 def test_calibration_freezes_by_clean_and_control_alone_and_the_two_sd_rule():
-    from bench.finetune_regime import AFTER_FREEZE, STRENGTHS, calibration_run, differs, judge, pick
+    from bench.finetune_regime import AFTER_FREEZE, FIRST_BUILD, STRENGTHS, calibration_run, differs, judge, pick
 
     weak, middle, strong = list(STRENGTHS)
 
@@ -181,10 +181,15 @@ def test_calibration_freezes_by_clean_and_control_alone_and_the_two_sd_rule():
     assert frozen["image_noise"]["strength"] == strong      # the largest clean gain among the valid
     assert frozen["trigger"]["strength"] == middle          # a later, better strength never moves the freeze
     assert pick({"A": table}, after_freeze=True)["trigger"]["strength"] == late   # the second freeze: its own pick
-    # a method row reuses the calibration's run of the same model, strength, condition and seed; never for a method
-    assert calibration_run(runs, "random-words", "A", middle, 1)["gain"]["clean"]["i2t"] == 16
-    assert calibration_run(runs, "clean", "A", middle, 2)["gain"]["clean"]["i2t"] == 22
-    assert calibration_run(runs, "em", "A", middle, 1) is None and calibration_run(runs, "clean", "B", middle, 1) is None
+    # a method row reuses the calibration's run of the same model, strength, condition, seed and build of the
+    # public models (runs without a build are on the first); never for a method
+    assert calibration_run(runs, "random-words", "A", middle, 1, FIRST_BUILD)["gain"]["clean"]["i2t"] == 16
+    assert calibration_run(runs, "clean", "A", middle, 2, FIRST_BUILD)["gain"]["clean"]["i2t"] == 22
+    assert calibration_run(runs, "clean", "A", middle, 2, "rebuilt") is None
+    assert calibration_run(runs + [{**run(middle, "clean", 2, 25, 18), "build": "rebuilt"}], "clean", "A", middle, 2,
+                           "rebuilt")["gain"]["clean"]["i2t"] == 25
+    assert (calibration_run(runs, "em", "A", middle, 1, FIRST_BUILD) is None
+            and calibration_run(runs, "clean", "B", middle, 1, FIRST_BUILD) is None)
     assert differs({"mean": 10, "sd": 1}, {"mean": 5, "sd": 1}) is True
     assert differs({"mean": 10, "sd": 3}, {"mean": 5, "sd": 3}) is False       # 5 < 2 x 3
     assert differs({"mean": 10, "sd": None}, {"mean": 5, "sd": 1}) is None     # one seed: no call
