@@ -53,6 +53,9 @@ EFFECTIVENESS = RESULTS / "effectiveness_finetune.json"
 EFFECTIVENESS_AFTER_FREEZE = RESULTS / "effectiveness_finetune_after_freeze.json"
 PUBLIC = {"A": "public-vit", "B": "public-resnet"}
 PRETRAIN = {"pairs": 20_000, "epochs": 5, "seed": 0}           # bench/pretrain.py's defaults
+# the calibration's other axes, beside A: its ViT pretrained twice as long, and a larger ViT. Clean and
+# control only; the pick stays A's
+AXES = {"A-10ep": ("public-vit", {"epochs": 10}), "A-wide": ("public-vit-wide", {})}
 OWNER = {"train": 2000, "test": 500, "size": 32, "seed": 0, "style": "owner"}
 # the fine-tune's strength: the authors' 10 epochs, learning rates from their 1e-5 (a 150 M-parameter
 # ViT-B/32 fine-tuned on 30,000 pairs) up to a from-scratch rate, since a small model moves less per step
@@ -70,10 +73,14 @@ CONTROL_SHARE_MIN = 0.70
 SCRATCH = {"lr": 1e-3, "epochs": 20}
 
 
-def public_models(letters: str = "AB") -> dict[str, dict]:
-    """Model letter -> paths of its pretrained stand-in (pretrained on first use, cached after)."""
-    return {letter: pretrain(name, str(ROOT / "bench" / "work" / "public_models"), **PRETRAIN)
-            for letter, name in PUBLIC.items() if letter in letters}
+def public_models(names="AB") -> dict[str, dict]:
+    """Public model (A, B or an axis of ``AXES``) -> paths of its pretrained stand-in (pretrained on
+    first use, cached after)."""
+    out = {}
+    for name in names:
+        arch, pretraining = (PUBLIC[name], {}) if name in PUBLIC else AXES[name]
+        out[name] = pretrain(arch, str(ROOT / "bench" / "work" / "public_models"), **{**PRETRAIN, **pretraining})
+    return out
 
 
 # the stand-ins' checkpoints are bit-identical for one seed on one CPU, not across CPUs (float kernels
@@ -168,7 +175,7 @@ def differs(a: dict, b: dict) -> bool | None:
 # ---------------------------------------------------------------- calibration
 
 def calibrate(models: list[str], strengths: list[str], seeds: int | list[int], out: Path) -> None:
-    paths, build = public_models("".join(models)), build_id()
+    paths, build = public_models(models), build_id()
     done = set()
     if out.exists():
         done = {(r["model"], r["strength"], r["condition"], r["seed"]) for r in json.loads(out.read_text())["runs"]
@@ -259,7 +266,9 @@ def plot_calibration(table: dict, path: Path) -> None:
                 ax.bar(x + (offset * 2 + j - 1.5) * 0.2, means, 0.2, yerr=sds, label=f"{label} {d}")
         ax.axhline(CLEAN_GAIN_MIN, color="gray", ls="--", lw=1, label="15-point bar")
         ax.set_xticks(x, names)
-        ax.set_title(f"public model {letter} ({PUBLIC[letter]}): fine-tuning gain")
+        arch, pretraining = (PUBLIC[letter], {}) if letter in PUBLIC else AXES[letter]
+        ax.set_title(f"public model {letter} ({arch}{', ' + str(pretraining) if pretraining else ''}): fine-tuning gain",
+                     fontsize=9)
         ax.set_ylabel("R@10 gain over zero-shot (points)")
         ax.legend(fontsize=6)
     fig.tight_layout()

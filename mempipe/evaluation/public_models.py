@@ -7,8 +7,10 @@ and pretrained from scratch on ``web_corpus`` pairs (public shapes only, alt-tex
 captions). The outputs are what a user would pass for a real checkpoint: ``NAME.json`` (the
 model config, loaded with ``open_clip.add_model_config``) and ``NAME.pt`` (``{"state_dict": ...}``).
 
-The same settings and seed give the same bytes (one thread, seeded order), and a finished
-model is cached under a folder named by its settings' hash: a second call only reads it.
+The same settings and seed give the same bytes on one CPU type (one thread, seeded order); another
+CPU's float kernels can differ in the last bits, so a rebuild elsewhere is a close copy, not the
+same bytes. A finished model is cached under a folder named by its settings' hash: a second call
+only reads it.
 """
 from __future__ import annotations
 
@@ -39,6 +41,11 @@ MODEL_CONFIGS = {
     "public-resnet": {"embed_dim": 96,
                       "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 16, "head_width": 32},
                       "text_cfg": _text(32, 96, 2)},
+    # the size axis of the fine-tuning calibration: public-vit made wider and deeper (about twice its compute)
+    "public-vit-wide": {"embed_dim": 128,
+                        "vision_cfg": {"image_size": 32, "layers": 4, "width": 128, "head_width": 32, "patch_size": 8,
+                                       "mlp_ratio": 2.0},
+                        "text_cfg": _text(32, 128, 2)},
     # a model for tests: builds and pretrains in seconds
     "public-test": {"embed_dim": 32,
                     "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "head_width": 16, "patch_size": 4,
