@@ -364,13 +364,14 @@ def _pm(stat: dict) -> str:
 
 
 def _seeds(entry: dict) -> str:
-    """Runs behind a mean; a dagger where they span two builds of the public stand-ins."""
+    """Runs behind a mean (one fine-tune per seed and build); a dagger where they span two builds."""
     return f"{entry['seeds']}†" if entry.get("builds", 1) > 1 else str(entry["seeds"])
 
 
-BUILDS_NOTE = ("†: runs on two builds of the public stand-ins. The same seed gives the same checkpoint bytes "
-               "on one CPU, not across CPUs; the rebuild on another CPU differs in the last bits (its web-test "
-               "retrieval within 0.6 R@10 points), and each run records the build it used.")
+BUILDS_NOTE = ("†: runs on two builds of the public stand-ins, one fine-tune per seed and build. The same seed "
+               "gives the same checkpoint bytes on one CPU, not across CPUs; the rebuild on another CPU differs in "
+               "the last bits (its web-test retrieval within 0.6 R@10 points), and each run records the build it "
+               "used.")
 
 
 def calibration_finetune_table() -> str:
@@ -381,7 +382,7 @@ def calibration_finetune_table() -> str:
     lines = ["R@10 gain over zero-shot (points, mean ± sd over seeds) on the owner's clean 500-pair test split, "
              "image→text / text→image. Valid for the image-noise question: clean gains ≥ 15 in both directions; "
              "for the trigger question also: the control keeps ≥ 70 % of clean's gain.", "",
-             "| public model | strength | seeds | zero-shot R@10 | clean gain | random-words gain | control's share "
+             "| public model | strength | runs | zero-shot R@10 | clean gain | random-words gain | control's share "
              "| final train loss clean / control | image-noise valid | trigger valid |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for letter, rows in data["table"].items():
@@ -420,9 +421,9 @@ def effectiveness_finetune_table(name: str = "effectiveness_finetune") -> str:
     lines = []
     for victim, rows in data["table"].items():
         lines += [f"**{names.get(victim, victim)}**: R@10 gain over zero-shot, image→text / text→image, "
-                  "mean ± sd over seeds; share: of clean's gain (the smaller the better for a protection); "
-                  "vs control: the gap exceeds twice the pooled sd (yes), does not (no), one seed (–).", "",
-                  "| row | what it is | seeds | clean captions gain | prefixed gain | share of clean (clean; prefixed) "
+                  "mean ± sd over runs; share: of clean's gain (the smaller the better for a protection); "
+                  "vs control: the gap exceeds twice the pooled sd (yes), does not (no), one run (–).", "",
+                  "| row | what it is | runs | clean captions gain | prefixed gain | share of clean (clean; prefixed) "
                   "| vs control |", "|---|---|---|---|---|---|---|"]
         for label, r in rows.items():
             share = r.get("share_of_clean")
@@ -463,7 +464,7 @@ def effectiveness_finetune_table(name: str = "effectiveness_finetune") -> str:
     return "\n".join(lines)
 
 
-HEADLINE_ROWS = ("clean", "random", "em", "mem3+orig", "mem3", "random-words", "trigger-only")
+HEADLINE_ROWS = ("clean", "random", "em", "uc", "mem3+orig", "mem3", "random-words", "trigger-only")
 
 
 def finetune_headline_table(name: str = "effectiveness_finetune") -> str:
@@ -486,7 +487,7 @@ def finetune_headline_table(name: str = "effectiveness_finetune") -> str:
                 cells += ["–", "–"]
                 continue
             share = e.get("share_of_clean", {}).get("clean", {})
-            cells += [f"{_pm(e['clean']['i2t'])} / {_pm(e['clean']['t2i'])} ({_seeds(e)} seed{'s' if e['seeds'] > 1 else ''})",
+            cells += [f"{_pm(e['clean']['i2t'])} / {_pm(e['clean']['t2i'])} ({_seeds(e)} run{'s' if e['seeds'] > 1 else ''})",
                       " / ".join("–" if share.get(d) is None else f"{share[d]:.2f}" for d in ("i2t", "t2i"))]
         lines.append(f"| {row} | {what} | " + " | ".join(cells) + " |")
     if any(r.get('builds', 1) > 1 for rows in data["table"].values() for r in rows.values()):
