@@ -19,7 +19,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/mempipe inspect $(DEMO)/protected --original $(DEMO)/data/train --grid $(DEMO)/grid.png
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -ra tests
+	$(PY) -m pytest -q -ra --durations=15 tests
 
 bench-effectiveness: $(VENV)/.installed
 	$(PY) bench/effectiveness.py
