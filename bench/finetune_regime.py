@@ -518,6 +518,33 @@ def report(parts: list[Path]) -> dict:
     return {"meta": meta_, "protection": protection, "table": table, "goal": goal(table, meta_["frozen"]), "rows": rows}
 
 
+def plot_curves(rows: list[dict], path: Path) -> None:
+    """Per victim: each row's training loss and clean test R@10 (i2t) per epoch, averaged over its runs.
+    A protection shows as a loss far below clean's with a test curve that stays near zero-shot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    victims = sorted({r["victim"] for r in rows})
+    fig, axes = plt.subplots(2, len(victims), figsize=(5 * len(victims), 7), squeeze=False)
+    for col, victim in enumerate(victims):
+        mine = [r for r in rows if r["victim"] == victim and r["defense"] == "none"]
+        for label in dict.fromkeys(r["row"] for r in mine):
+            runs = [r for r in mine if r["row"] == label]
+            loss = np.mean([r["loss_curve"] for r in runs], axis=0)
+            test = np.mean([[e[0] for e in r["clean_R@10_per_epoch"]] for r in runs], axis=0)
+            style = "--" if label in CONTROL_OF.values() or label == "clean" else "-"
+            axes[0][col].plot(range(1, len(loss) + 1), loss, style, label=f"{label} ({len(runs)})")
+            axes[1][col].plot(range(1, len(test) + 1), test, style, label=label)
+        axes[0][col].set_title(f"victim {victim}: training loss"), axes[0][col].set_xlabel("epoch")
+        axes[1][col].set_title(f"victim {victim}: clean test R@10, image to text"), axes[1][col].set_xlabel("epoch")
+        axes[0][col].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def goal(table: dict, frozen: dict) -> dict:
     """The bars: the best image-noise row keeps at most 20 % of clean's gain (clean and prefixed test
     captions) while random noise keeps at least 80 %; the best trigger row at most 20 % while the
@@ -577,7 +604,9 @@ def effectiveness_main(argv: list[str]) -> int:
         return 0
     if args.report:
         body = report([Path(p) for p in args.report.split(",")])
-        (EFFECTIVENESS_AFTER_FREEZE if args.after_freeze else EFFECTIVENESS).write_text(json.dumps(body, indent=1))
+        target = EFFECTIVENESS_AFTER_FREEZE if args.after_freeze else EFFECTIVENESS
+        target.write_text(json.dumps(body, indent=1))
+        plot_curves(body["rows"], target.with_suffix(".png"))
         print(json.dumps(body["goal"], indent=1))
         return 0
     unknown = set(args.rows.split(",")) - set(ROWS)
