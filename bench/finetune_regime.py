@@ -294,7 +294,9 @@ def calibrate_main(argv: list[str]) -> int:
         if any(v["seeds"] < SEEDS for rows in table.values() for v in rows.values()):
             print("warning: some rows have fewer than 3 seeds", file=sys.stderr)
         body = {"meta": meta(), "criteria": {"clean_gain_min": CLEAN_GAIN_MIN, "control_share_min": CONTROL_SHARE_MIN},
-                "strengths": STRENGTHS, "after_freeze": AFTER_FREEZE, "table": table, "frozen": pick(table),
+                "strengths": STRENGTHS, "after_freeze": AFTER_FREEZE,
+                "axes": {name: {"arch": arch, **PRETRAIN, **pretraining} for name, (arch, pretraining) in AXES.items()},
+                "table": table, "frozen": pick(table),
                 "frozen_after": pick(table, after_freeze=True), "runs": runs}
         CALIBRATION.write_text(json.dumps(body, indent=1))
         plot_calibration(table, RESULTS / "calibration_finetune.png")

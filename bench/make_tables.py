@@ -396,6 +396,11 @@ def calibration_finetune_table() -> str:
                          f"{r['clean_final_loss']['mean']:.2f} / {r['control_final_loss']['mean']:.2f} | "
                          f"{'yes' if r['valid_image_noise'] else 'no'} | {'yes' if r['valid_trigger'] else 'no'} |")
     lines.append("")
+    axes = {name: spec for name, spec in data.get("axes", {}).items() if name in data["table"]}
+    if axes:
+        lines.append("- Axes of the public model, beside A (clean and control only, never picked from): " + "; ".join(
+            f"{name}: {spec['arch']}, pretrained {spec['epochs']} epochs on {spec['pairs']:,} pairs"
+            for name, spec in axes.items()) + ".")
     for question, f in data["frozen"].items():
         lines.append(f"- Frozen for the {question.replace('_', '-')} question: `{f['strength']}` (lr {f.get('lr')}, "
                      f"{f.get('epochs')} epochs): {f['rule']}.")
