@@ -73,12 +73,17 @@ CONTROL_SHARE_MIN = 0.70
 SCRATCH = {"lr": 1e-3, "epochs": 20}
 
 
+def model_spec(name: str) -> tuple[str, dict]:
+    """(open_clip model name, pretraining overrides) of a public model or an axis."""
+    return (PUBLIC[name], {}) if name in PUBLIC else AXES[name]
+
+
 def public_models(names="AB") -> dict[str, dict]:
     """Public model (A, B or an axis of ``AXES``) -> paths of its pretrained stand-in (pretrained on
     first use, cached after)."""
     out = {}
     for name in names:
-        arch, pretraining = (PUBLIC[name], {}) if name in PUBLIC else AXES[name]
+        arch, pretraining = model_spec(name)
         out[name] = pretrain(arch, str(ROOT / "bench" / "work" / "public_models"), **{**PRETRAIN, **pretraining})
     return out
 
@@ -266,7 +271,7 @@ def plot_calibration(table: dict, path: Path) -> None:
                 ax.bar(x + (offset * 2 + j - 1.5) * 0.2, means, 0.2, yerr=sds, label=f"{label} {d}")
         ax.axhline(CLEAN_GAIN_MIN, color="gray", ls="--", lw=1, label="15-point bar")
         ax.set_xticks(x, names)
-        arch, pretraining = (PUBLIC[letter], {}) if letter in PUBLIC else AXES[letter]
+        arch, pretraining = model_spec(letter)
         ax.set_title(f"public model {letter} ({arch}{', ' + str(pretraining) if pretraining else ''}): fine-tuning gain",
                      fontsize=9)
         ax.set_ylabel("R@10 gain over zero-shot (points)")
