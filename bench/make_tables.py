@@ -374,12 +374,18 @@ BUILDS_NOTE = ("†: runs on two builds of the public stand-ins, one fine-tune p
                "used.")
 
 
+def _builds_note(table: dict) -> list[str]:
+    """The dagger's footnote, where any mean of the table spans two builds."""
+    spans = any(r.get("builds", 1) > 1 for rows in table.values() for r in rows.values())
+    return ["", BUILDS_NOTE] if spans else []
+
+
 def calibration_finetune_table() -> str:
     """Zero-shot, clean and random-words fine-tuning gains per public model and strength, and the pick."""
     data = _result("calibration_finetune")
     if data is None:
         return "(not measured yet: `python bench/calibrate.py --regime finetune`)"
-    lines = ["R@10 gain over zero-shot (points, mean ± sd over seeds) on the owner's clean 500-pair test split, "
+    lines = ["R@10 gain over zero-shot (points, mean ± sd over runs) on the owner's clean 500-pair test split, "
              "image→text / text→image. Valid for the image-noise question: clean gains ≥ 15 in both directions; "
              "for the trigger question also: the control keeps ≥ 70 % of clean's gain.", "",
              "| public model | strength | runs | zero-shot R@10 | clean gain | random-words gain | control's share "
@@ -411,8 +417,7 @@ def calibration_finetune_table() -> str:
         for question, f in data.get("frozen_after", {}).items():
             lines.append(f"  second freeze for the {question.replace('_', '-')} question: `{f['strength']}`: "
                          f"{f['rule']}.")
-    if any(r.get('builds', 1) > 1 for rows in data["table"].values() for r in rows.values()):
-        lines += ['', BUILDS_NOTE]
+    lines += _builds_note(data["table"])
     return "\n".join(lines)
 
 
@@ -464,8 +469,7 @@ def effectiveness_finetune_table(name: str = "effectiveness_finetune") -> str:
                      f"{verdict(i)}; trigger, best `{t['best']}` keeps at most "
                      f"{t['its_largest_share']} while the random-words control keeps at least "
                      f"{t['control_smallest_share']} (bar ≥ 0.70): {verdict(t)}.")
-    if any(r.get('builds', 1) > 1 for rows in data["table"].values() for r in rows.values()):
-        lines += ['', BUILDS_NOTE]
+    lines += _builds_note(data["table"])
     return "\n".join(lines)
 
 
@@ -495,8 +499,7 @@ def finetune_headline_table(name: str = "effectiveness_finetune") -> str:
             cells += [f"{_pm(e['clean']['i2t'])} / {_pm(e['clean']['t2i'])} ({_seeds(e)} run{'s' if e['seeds'] > 1 else ''})",
                       " / ".join("–" if share.get(d) is None else f"{share[d]:.2f}" for d in ("i2t", "t2i"))]
         lines.append(f"| {row} | {what} | " + " | ".join(cells) + " |")
-    if any(r.get('builds', 1) > 1 for rows in data["table"].values() for r in rows.values()):
-        lines += ['', BUILDS_NOTE]
+    lines += _builds_note(data["table"])
     return "\n".join(lines)
 
 
