@@ -466,8 +466,6 @@ def effectiveness(rows: list[str], victims: list[str], seeds: int | list[int], o
                 strengths = ({frozen["image_noise"]["strength"], frozen["trigger"]["strength"]} if question == "both"
                              else {frozen[question]["strength"]})
                 for strength in sorted(strengths):
-                    if victim == "scratch" and seed > 0:
-                        continue   # the from-scratch reference: one seed
                     label = row if len(strengths) == 1 else f"{row}@{strength}"
                     if (label, victim, seed) in done:
                         continue
