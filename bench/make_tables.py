@@ -369,9 +369,9 @@ def _seeds(entry: dict) -> str:
 
 
 BUILDS_NOTE = ("†: runs on two builds of the public stand-ins, one fine-tune per seed and build. The same seed "
-               "gives the same checkpoint bytes on one CPU, not across CPUs; the rebuild on another CPU differs in "
-               "the last bits (its web-test retrieval within 0.6 R@10 points), and each run records the build it "
-               "used.")
+               "gives the same checkpoint bytes on one CPU (pretraining again on the rebuild's CPU reproduced its "
+               "bytes), not across CPUs: the rebuild on another CPU differs in the last bits (its web-test "
+               "retrieval within 0.6 R@10 points), and each run records the build it used.")
 
 
 def _builds_note(table: dict) -> list[str]:
