@@ -144,10 +144,13 @@ def row_entry(result: dict, **labels) -> dict:
             "loss_curve": result["loss_curve"], "clean_R@10_per_epoch": per_epoch}
 
 
-def _append(path: Path, key: str, entry: dict, meta: dict) -> None:
-    """Add one row to a partial result file (written after every row: a stopped run keeps it)."""
+def _append(path: Path, key: str, entry: dict, meta: dict, protection: dict | None = None) -> None:
+    """Add one row to a partial result file (written after every row: a stopped run keeps it), with
+    what the protect runs of its sets measured: the work folder is a cache, the file the record."""
     body = json.loads(path.read_text()) if path.exists() else {"meta": meta, key: []}
     body[key].append(entry)
+    if protection:
+        body.setdefault("protection", {}).update(protection)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(body, indent=1))
 
@@ -337,6 +340,8 @@ ROWS = {
        for v in TRIGGERED},
     **{v: (v, v, "none", "trigger", f"{v} as published: noise and trigger") for v in TRIGGERED},
     "trigger-only": ("clean", "mem3", "none", "trigger", "ablation: MEM-3's captions, original images"),
+    "cluster-trigger-only": ("clean", "mem3-cluster", "none", "trigger",
+                             "ablation: MEM-3-cluster's captions, original images"),
     "random-words": ("clean", "random-words", "none", "trigger", "control: 3 random words per caption, clean images"),
     "random-words-cluster": ("clean", "random-words-cluster", "none", "trigger",
                              "control for mem3-cluster: its trigger groups, 3 random words each, clean images"),
@@ -351,6 +356,7 @@ COUNTERMEASURES = ("jpeg:75", "grayscale")
 # each row's control, for the 2-sd rule
 CONTROL_OF = {"em": "random", "em+jpeg75": "clean+jpeg75", "em+grayscale": "clean+grayscale", "uc": "random", **{f"{v}+orig": "random" for v in TRIGGERED}, "mem3": "random-words",
               "mem5": "random-words", "trigger-only": "random-words", "mem3-cluster": "random-words-cluster",
+              "cluster-trigger-only": "random-words-cluster",
               "mem3-global": "random-words-global"}
 
 
@@ -481,7 +487,7 @@ def effectiveness(rows: list[str], victims: list[str], seeds: int | list[int], o
                                       defense=ROWS[row][2], what=ROWS[row][4], from_calibration=bool(reused), build=build,
                                       seconds=reused["seconds"] if reused else round(time.time() - started, 1))
                     _append(out, "rows", entry, {**meta(), "engine": engine_config(public_models("A")["A"], {}).to_dict(),
-                                                 "frozen": frozen})
+                                                 "frozen": frozen}, {name: s["info"] for name, s in sets.items()})
                     g, p = entry["gain"]["clean"], entry["gain"]["prefixed"]
                     print(f"{victim:7s} {label:22s} seed {seed}: gain clean {g['i2t']}/{g['t2i']} prefixed "
                           f"{p['i2t']}/{p['t2i']} loss {entry['loss_curve'][-1]} ({entry['seconds']}s)", flush=True)
@@ -491,14 +497,14 @@ def report(parts: list[Path]) -> dict:
     """Join partial row files: mean +- sd per (victim, row), each row's share of clean's gain, the
     2-sd verdict against its control, and the goal's bars."""
     rows, protection, meta_ = [], {}, {}
-    for p in parts:
+    for p in parts:   # what each protect run measured, as its rows' file recorded it (a later file wins)
         body = json.loads(p.read_text())
         rows += body["rows"]
-        meta_ = body["meta"]
-
-    train = ALL_STRENGTHS[meta_["frozen"]["image_noise"]["strength"]].get("train_pairs")
-    for info in sorted(protected_dir(WORK, train).glob("*.info.json")):   # what each protect run measured
-        protection[info.name.removesuffix(".info.json")] = json.loads(info.read_text())
+        meta_ = body.get("meta", meta_)   # a file of protect records alone has no rows and no meta
+        protection.update(body.get("protection", {}))
+    missing = {s for r in rows for s in ROWS[r["base_row"]][:2] if s in VARIANTS} - set(protection)
+    if missing:
+        raise SystemExit(f"no protect record for {sorted(missing)} in the row files given")
     table: dict = {}
     for victim in sorted({r["victim"] for r in rows}):
         table[victim] = {}

@@ -193,3 +193,31 @@ def test_calibration_freezes_by_clean_and_control_alone_and_the_two_sd_rule():
     assert differs({"mean": 10, "sd": 1}, {"mean": 5, "sd": 1}) is True
     assert differs({"mean": 10, "sd": 3}, {"mean": 5, "sd": 3}) is False       # 5 < 2 x 3
     assert differs({"mean": 10, "sd": None}, {"mean": 5, "sd": 1}) is None     # one seed: no call
+
+
+def test_the_report_reads_each_sets_protect_record_from_the_row_files(tmp_path):
+    """The work folder is a cache that a new checkout lacks: the report must come from the row files
+    alone, with the later file's record winning, and refuse rows whose set has no record."""
+    from bench.finetune_regime import report
+
+    def row(name, seed, gain):
+        g = {"i2t": gain, "t2i": gain}
+        return {"row": name, "base_row": name, "victim": "A", "seed": seed, "strength": "lr1e-3", "what": name,
+                "gain": {"clean": g, "prefixed": g}, "loss_curve": [1.0]}
+
+    meta = {"frozen": {"image_noise": {"strength": "lr1e-3", "valid": True},
+                       "trigger": {"strength": "lr1e-3", "valid": False}}}
+    first, second, alone = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "records.json"
+    first.write_text(json.dumps({"meta": meta, "rows": [row("clean", s, 20 + s) for s in range(3)]
+                                 + [row("em", s, 1 + s) for s in range(3)], "protection": {"em": {"psnr": 1.0}}}))
+    second.write_text(json.dumps({"meta": meta, "rows": [row("random", s, 21 - s) for s in range(3)],
+                                  "protection": {"random": {"psnr": 3.0}}}))
+    alone.write_text(json.dumps({"rows": [], "protection": {"em": {"psnr": 2.0}, "uc": {"psnr": 4.0}}}))
+    body = report([first, second, alone])
+    assert body["protection"] == {"em": {"psnr": 2.0}, "random": {"psnr": 3.0}, "uc": {"psnr": 4.0}}
+    assert body["table"]["A"]["em"]["share_of_clean"]["clean"]["i2t"] == round(2 / 21, 3)
+    assert body["table"]["A"]["em"]["differs_from_control"]["clean"]["i2t"] is True
+    unrecorded = tmp_path / "c.json"
+    unrecorded.write_text(json.dumps({"meta": meta, "rows": [row("random", 0, 20)]}))
+    with pytest.raises(SystemExit, match="random"):
+        report([first, unrecorded])
