@@ -371,6 +371,13 @@ def protected_dir(work: Path = WORK, train: int | None = None) -> Path:
     return work / sized("protected", train)
 
 
+def sets_used(rows) -> set[str]:
+    """The protected sets that these rows read: their images or captions, and the trigger groups
+    that a cluster control copies."""
+    used = {s for r in rows for s in ROWS[r][:2] if s in VARIANTS}
+    return used | ({"mem3-cluster"} if any(ROWS[r][1] == "random-words-cluster" for r in rows) else set())
+
+
 def protected_sets(names: set[str], work: Path = WORK, train: int | None = None) -> dict[str, dict]:
     """Protect the owner's training shards with each needed variant through the local runner."""
     from mempipe.evaluation.inspect_output import summarize
@@ -456,10 +463,9 @@ def effectiveness(rows: list[str], victims: list[str], seeds: int | list[int], o
     if len(train) > 1:
         raise SystemExit(f"the two questions froze different owner sets {train}: run them one at a time")
     train = train.pop()
-    needed = {s for r in rows for s in ROWS[r][:2] if s in VARIANTS}
-    if any(ROWS[r][1] == "random-words-cluster" for r in rows):
-        needed.add("mem3-cluster")
-    sets = protected_sets(needed, train=train)
+    sets = protected_sets(sets_used(rows), train=train)
+    records = {name: s["info"] for name, s in sets.items()}   # what each protect run measured, kept with the rows
+    file_meta = {"engine": engine_config(public_models("A")["A"], {}).to_dict(), "frozen": frozen}
     models, build = public_models("".join(v for v in victims if v in PUBLIC) or "A"), build_id()
     done = set()
     if out.exists():
@@ -486,8 +492,7 @@ def effectiveness(rows: list[str], victims: list[str], seeds: int | list[int], o
                     entry = row_entry(result, row=label, base_row=row, victim=victim, seed=seed, strength=strength,
                                       defense=ROWS[row][2], what=ROWS[row][4], from_calibration=bool(reused), build=build,
                                       seconds=reused["seconds"] if reused else round(time.time() - started, 1))
-                    _append(out, "rows", entry, {**meta(), "engine": engine_config(public_models("A")["A"], {}).to_dict(),
-                                                 "frozen": frozen}, {name: s["info"] for name, s in sets.items()})
+                    _append(out, "rows", entry, {**meta(), **file_meta}, records)
                     g, p = entry["gain"]["clean"], entry["gain"]["prefixed"]
                     print(f"{victim:7s} {label:22s} seed {seed}: gain clean {g['i2t']}/{g['t2i']} prefixed "
                           f"{p['i2t']}/{p['t2i']} loss {entry['loss_curve'][-1]} ({entry['seconds']}s)", flush=True)
@@ -502,7 +507,7 @@ def report(parts: list[Path]) -> dict:
         rows += body["rows"]
         meta_ = body.get("meta", meta_)   # a file of protect records alone has no rows and no meta
         protection.update(body.get("protection", {}))
-    missing = {s for r in rows for s in ROWS[r["base_row"]][:2] if s in VARIANTS} - set(protection)
+    missing = sets_used({r["base_row"] for r in rows}) - set(protection)
     if missing:
         raise SystemExit(f"no protect record for {sorted(missing)} in the row files given")
     table: dict = {}
