@@ -69,10 +69,10 @@ def one_round(cfg, images, captions, device, warm: int = 256):
     small = _unit(cfg, images[:warm], captions[:warm], device, gen)
     _, warm_s = timed(lambda: (mem._train_surrogate(model, opt, small, cfg.with_overrides(train_steps=3), gen, device),
                                mem._hotflip_round(model, small, cfg, gen),
-                               mem._pgd_round(model, small, cfg.with_overrides(pgd_steps=2), gen)))
+                               mem._pgd_round([model], small, cfg.with_overrides(pgd_steps=2), gen)))
     loss, t_train = timed(lambda: mem._train_surrogate(model, opt, unit, cfg, gen, device))
     (hb, ha), t_hot = timed(lambda: mem._hotflip_round(model, unit, cfg, gen))
-    (pf, pl), t_pgd = timed(lambda: mem._pgd_round(model, unit, cfg, gen))
+    (pf, pl), t_pgd = timed(lambda: mem._pgd_round([model], unit, cfg, gen))
     return {"warm_up_s": warm_s, "train_s": t_train, "hotflip_s": t_hot, "pgd_s": t_pgd, "surrogate_loss": loss,
             "hotflip_loss": [hb, ha], "pgd_loss": [pf, pl]}
 

@@ -118,7 +118,7 @@ def test_pgd_lowers_the_loss_and_keeps_each_image_with_its_own_trigger():
     model = build_model("tiny-vit", 64, 32, seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     mem._train_surrogate(model, opt, unit, cfg.with_overrides(train_steps=10), gen, torch.device("cpu"))
-    first, last = mem._pgd_round(model, unit, cfg, gen)
+    first, last = mem._pgd_round([model], unit, cfg, gen)
     assert last < first
     assert unit.noise().abs().max() <= cfg.epsilon and unit.noise().abs().max() > 0
 

@@ -11,6 +11,8 @@ PLACEMENTS = ("front", "random")
 VOCABULARIES = ("any", "common", "captions")
 OBJECTIVES = ("trigger", "joint")
 SURROGATES = ("per-unit", "shared")
+TRANSFORMS = ("resize", "crop")
+REDUCTIONS = ("mean", "max")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,14 @@ class MEMConfig:
     # (bench/results/shared_surrogate.json, effectiveness.json); per-unit: each unit trains its own
     surrogate: str = "shared"
     unit_train_steps: int = 0       # shared: surrogate steps per round inside a unit (a fine-tune; 0 = frozen)
+    # the thief's transform in the loop: the noise lives at noise_size (the stored images' size) and
+    # every model sees it through a view; PGD draws a random training view per image and step
+    noise_size: int = 0             # pixels of the images and noise (0: image_size, the model's input)
+    transform: str = "resize"       # resize: the evaluation view only | crop: random resized crop + flip in PGD
+    crop_scale: float = 0.5         # crop: smallest share of the image a crop keeps
+    transform_jpeg: float = 0.0     # crop: probability of a differentiable JPEG (quality 50-90) per view
+    transform_gray: float = 0.0     # crop: probability of grayscale per view
+    ensemble_reduce: str = "mean"   # several surrogates: PGD minimises their mean loss, or the worst one
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -64,7 +74,9 @@ class MEMConfig:
             raise ValueError(f"cluster features must be text, image or both, got {self.cluster_features!r}")
         for name, value, allowed in (("trigger placement", self.trigger_placement, PLACEMENTS),
                                      ("trigger vocabulary", self.trigger_vocab, VOCABULARIES),
-                                     ("PGD objective", self.pgd_objective, OBJECTIVES)):
+                                     ("PGD objective", self.pgd_objective, OBJECTIVES),
+                                     ("transform", self.transform, TRANSFORMS),
+                                     ("ensemble reduction", self.ensemble_reduce, REDUCTIONS)):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; choose from {allowed}")
         if self.pgd_objective == "joint" and not self.uses_trigger:
@@ -88,6 +100,11 @@ class MEMConfig:
             raise ValueError("conv needs noise scope sample or cluster, an odd kernel and conv_blur >= 0")
         if not 1 <= self.alpha <= self.epsilon:
             raise ValueError(f"alpha must be in 1..epsilon levels, got {self.alpha}")
+        if self.noise_size and self.noise_size < self.image_size:
+            raise ValueError(f"noise_size {self.noise_size} is below the model's input {self.image_size}: "
+                             "store images at least as large as the model sees them")
+        if not 0.05 <= self.crop_scale <= 1.0 or not 0 <= self.transform_jpeg <= 1 or not 0 <= self.transform_gray <= 1:
+            raise ValueError("crop_scale must be in [0.05, 1]; transform_jpeg and transform_gray are probabilities")
         if self.pgd_batch_size < 0 or self.batch_size < 1 or self.candidate_chunk < 1:
             raise ValueError("batch sizes and candidate_chunk must be positive (pgd_batch_size 0 = batch_size)")
         if self.trigger_len < 0 or self.trigger_len > self.context_length - 4:
@@ -100,6 +117,11 @@ class MEMConfig:
     @property
     def effective_noise_scope(self) -> str:
         return "cluster" if self.method == "uc" else self.noise_scope
+
+    @property
+    def stored_size(self) -> int:
+        """The resolution of the images and the noise the engine works on."""
+        return self.noise_size or self.image_size
 
     @property
     def pgd_batch(self) -> int:
@@ -138,6 +160,7 @@ CHOICES: dict[str, tuple] = {
     "method": METHODS, "trigger_scope": SCOPES, "noise_scope": NOISE_SCOPES, "trigger_placement": PLACEMENTS,
     "trigger_vocab": VOCABULARIES, "pgd_objective": OBJECTIVES, "surrogate": SURROGATES,
     "cluster_features": ("text", "image", "both"), "precision": ("fp32", "bf16"),
+    "transform": TRANSFORMS, "ensemble_reduce": REDUCTIONS,
 }
 HELP: dict[str, str] = {
     "method": "mem (the paper), em (image-only error minimisation), random (uniform noise), uc (one noise per "
@@ -176,6 +199,14 @@ HELP: dict[str, str] = {
     "compile": "torch.compile the surrogate's towers (speed only)",
     "surrogate": "shared: one surrogate fitted per run and reused by later runs; per-unit: each unit trains its own",
     "unit_train_steps": "shared surrogate: fine-tune steps per round inside a unit (0: frozen)",
+    "noise_size": "resolution the noise is optimised and stored at (0: the surrogate's input size); each "
+                  "surrogate sees the image resized to its own input",
+    "transform": "resize: PGD sees the evaluation view; crop: a random resized crop and flip per image and step "
+                 "(the thief's training transform in the loop)",
+    "crop_scale": "crop: smallest share of the image area a crop keeps (torchvision's scale range [x, 1])",
+    "transform_jpeg": "crop: probability of a differentiable JPEG (quality 50-90) in a view",
+    "transform_gray": "crop: probability of grayscale in a view",
+    "ensemble_reduce": "several surrogates: minimise their mean loss, or the largest one",
     "seed": "seed of every random choice (sample, clusters, triggers, noise)",
 }
 

@@ -32,6 +32,7 @@ from .convolution import convolution_noise
 from .hotflip import hotflip_batch
 from .losses import clip_loss
 from .surrogate import ClipModel, build_model
+from .views import resize, thief_view
 from .text import compose, encode_captions, random_trigger_ids, vocabulary_mask, word_boundaries
 
 
@@ -111,9 +112,19 @@ class _Unit:
         x = self.images[idx].float() + sum(p.store[p.group[idx]].float() for p in self.parts)
         return self.to_model_input(x)
 
-    def to_model_input(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixel levels (float, any range) -> clamped [0, 1] in the surrogate's memory layout."""
-        return (pixels.clamp(0, 255) / 255.0).contiguous(memory_format=self.memory_format)
+    def to_model_input(self, pixels: torch.Tensor, size: int | None = None,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """Pixel levels (float, any range, at the stored size) -> clamped [0, 1] at the model's input
+        ``size`` (default: the surrogate's), in its memory layout. With a ``generator`` and the crop
+        transform: one random training view per image (PGD's expectation over transformations)."""
+        cfg = self.cfg
+        x = pixels.clamp(0, 255) / 255.0
+        size = size or cfg.image_size
+        if generator is not None and cfg.transform == "crop":
+            x = thief_view(x, size, generator, cfg.crop_scale, cfg.transform_jpeg, cfg.transform_gray)
+        else:
+            x = resize(x, size)
+        return x.contiguous(memory_format=self.memory_format)
 
     def tokens(self, idx: torch.Tensor, caption_idx: torch.Tensor | None = None) -> torch.Tensor:
         """Trigger + caption tokens; ``caption_idx`` pairs each trigger with another sample's caption."""
@@ -212,7 +223,20 @@ def _hotflip_round(model: ClipModel, unit: _Unit, cfg: MEMConfig, generator: tor
     return float(np.mean(before)), float(np.mean(after))
 
 
-def _pgd_round(model: ClipModel, unit: _Unit, cfg: MEMConfig, generator: torch.Generator) -> tuple[float, float]:
+def _member_loss(model: ClipModel, unit: _Unit, cfg: MEMConfig, total: torch.Tensor, text: torch.Tensor,
+                 plain: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+    """One surrogate's loss on the noisy images, seen through a (random, with the crop transform) view."""
+    with _autocast(cfg, total.device):
+        image = model.encode_image(unit.to_model_input(total, model.input_size, generator)).float()
+    loss = clip_loss(image, text, model.logit_scale().detach())
+    if plain is not None:  # also minimise the loss that a victim on stripped captions sees
+        loss = loss + clip_loss(image, plain, model.logit_scale().detach())
+    return loss
+
+
+def _pgd_round(models: list[ClipModel], unit: _Unit, cfg: MEMConfig,
+               generator: torch.Generator) -> tuple[float, float]:
+    """PGD descent on the noise against every surrogate of ``models`` (their mean loss, or the worst)."""
     shuffle = cfg.uses_trigger  # with a trigger, the noise must pair with the trigger, not the caption
     per_sample_only = len(unit.parts) == 1 and cfg.effective_noise_scope == "sample"
     first, last = [], []
@@ -221,22 +245,21 @@ def _pgd_round(model: ClipModel, unit: _Unit, cfg: MEMConfig, generator: torch.G
         x = unit.images[idx].float()
         lookups = [torch.unique(p.group[idx], return_inverse=True) for p in unit.parts]
         deltas = [p.store[local].float() for p, (local, _) in zip(unit.parts, lookups)]
-        plain = None
+        plains: list = [None] * len(models)
         if cfg.pgd_objective == "joint":
             with torch.no_grad(), _autocast(cfg, idx.device):
-                plain = model.encode_text(unit.plain_tokens(idx)).float()
+                plains = [m.encode_text(unit.plain_tokens(idx)).float() for m in models]
         for step in range(cfg.pgd_steps):
             perm = torch.randperm(len(idx), generator=generator).to(idx.device) if shuffle else None
+            tokens = unit.tokens(idx, idx[perm] if shuffle else None)
             with torch.no_grad(), _autocast(cfg, idx.device):
-                text = model.encode_text(unit.tokens(idx, idx[perm] if shuffle else None)).float()
+                texts = [m.encode_text(tokens).float() for m in models]
             for d in deltas:
                 d.requires_grad_(True)
             total = x + sum(d[inverse] for d, (_, inverse) in zip(deltas, lookups))
-            with _autocast(cfg, idx.device):
-                image = model.encode_image(unit.to_model_input(total)).float()
-            loss = clip_loss(image, text, model.logit_scale().detach())
-            if plain is not None:  # also minimise the loss that a victim on stripped captions sees
-                loss = loss + clip_loss(image, plain, model.logit_scale().detach())
+            losses = torch.stack([_member_loss(m, unit, cfg, total, t, p, generator)
+                                  for m, t, p in zip(models, texts, plains)])
+            loss = losses.max() if cfg.ensemble_reduce == "max" else losses.mean()
             grads = torch.autograd.grad(loss, deltas)
             deltas = [(d.detach() - cfg.alpha * g.sign()).clamp(-p.bound, p.bound)
                       for d, g, p in zip(deltas, grads, unit.parts)]
@@ -254,8 +277,9 @@ def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, devi
                  clusters: torch.Tensor | None = None,
                  progress: Callable[[dict], None] | None = None,
                  fixed_trigger: torch.Tensor | None = None, surrogate: ClipModel | None = None,
-                 keep_model: bool = False) -> UnitResult:
-    """Protect one unit. ``images``: N x 3 x S x S uint8 at the surrogate's resolution.
+                 keep_model: bool = False, ensemble: list[ClipModel] | tuple = ()) -> UnitResult:
+    """Protect one unit. ``images``: N x 3 x S x S uint8 at ``cfg.stored_size`` (the surrogate's
+    input size unless ``noise_size`` says otherwise).
 
     ``fixed_trigger`` (k ids): use this trigger for every sample and skip the HotFlip search,
     so that units protected by different workers share one trigger; (G x k, with ``clusters`` in
@@ -263,10 +287,13 @@ def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, devi
     ``surrogate``: start from (a copy of) this model instead of a fresh one; with the shared
     surrogate the caller passes ``train_steps = unit_train_steps`` (0: the surrogate stays as it
     came, and each round is HotFlip + PGD against it). ``keep_model``: return the trained surrogate.
+    ``ensemble``: more surrogates (frozen, each at its own input size and normalisation) that the
+    noise is optimised against beside the first; training and HotFlip use the first alone.
     """
     device = torch.device(device)
-    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != cfg.image_size:
-        raise ValueError(f"images must be N x 3 x {cfg.image_size} x {cfg.image_size} uint8, got {tuple(images.shape)} {images.dtype}")
+    size = cfg.stored_size
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != size or images.shape[-2] != size:
+        raise ValueError(f"images must be N x 3 x {size} x {size} uint8, got {tuple(images.shape)} {images.dtype}")
     if len(images) != len(captions):
         raise ValueError("one caption per image")
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -284,6 +311,9 @@ def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, devi
     opt = surrogate_optimizer(model, cfg, device)
     if cfg.method == "conv":
         return _convolution_unit(model, opt, unit, cfg, clusters, generator, device, progress, keep_model)
+    members = [model] + [m.to(device).eval() for m in ensemble]
+    for member in members[1:]:
+        member.requires_grad_(False)
     centroids = None
     log: list[dict] = []
     for round_ in range(cfg.outer_iters):
@@ -294,7 +324,7 @@ def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, devi
             unit.set_groups(clusters, generator, fixed_trigger)
         if cfg.uses_trigger and round_ < cfg.hotflip_iters and fixed_trigger is None:
             entry["hotflip_loss_before"], entry["hotflip_loss_after"] = _hotflip_round(model, unit, cfg, generator)
-        entry["pgd_loss_first"], entry["pgd_loss_last"] = _pgd_round(model, unit, cfg, generator)
+        entry["pgd_loss_first"], entry["pgd_loss_last"] = _pgd_round(members, unit, cfg, generator)
         log.append(entry)
         if progress:
             progress(entry)

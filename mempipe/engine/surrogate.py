@@ -52,6 +52,15 @@ class ClipModel(nn.Module):
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 
     @property
+    def input_size(self) -> int:
+        """The square image size the vision tower was built for."""
+        size = getattr(self.clip.visual, "image_size", None)
+        if size is None:   # timm towers keep it in their patch embedding, or not at all
+            size = getattr(getattr(getattr(self.clip.visual, "trunk", None), "default_cfg", {}), "get", lambda *_: None)("input_size")
+            size = size[-1] if size else 224
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    @property
     def token_embedding(self) -> nn.Embedding:
         return self.clip.token_embedding
 

@@ -46,6 +46,13 @@ MODEL_CONFIGS = {
                         "vision_cfg": {"image_size": 32, "layers": 4, "width": 128, "head_width": 32, "patch_size": 8,
                                        "mlp_ratio": 2.0},
                         "text_cfg": _text(32, 128, 2)},
+    # the held-out family: an EfficientNet (timm's small test configuration: depthwise-separable
+    # MBConv blocks with squeeze-excitation), another text size, pretrained on a corpus of another
+    # seed; used only as a victim, never as a surrogate
+    "public-efficientnet": {"embed_dim": 96,
+                            "vision_cfg": {"timm_model_name": "test_efficientnet", "timm_model_pretrained": False,
+                                           "timm_pool": "avg", "timm_proj": "linear", "image_size": 32},
+                            "text_cfg": _text(32, 64, 3)},
     # a model for tests: builds and pretrains in seconds
     "public-test": {"embed_dim": 32,
                     "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "head_width": 16, "patch_size": 4,

@@ -1,0 +1,466 @@
+"""The thief regime: a real trainer (open_clip_train) fine-tunes public models on native-size shards.
+
+A data owner cannot name the thief's checkpoint nor its training transform. Here the thief runs
+``python -m open_clip_train.main`` with its own default training transform (random resized crop,
+scale 0.9-1, bicubic) on the owner's shards, whose images are stored at 64 px while every public
+model sees 32 px: the thief's resize and crop never line up with the noise grid. Victims are
+the public stand-ins A (ViT) and B (ModifiedResNet), which the owner may use as surrogates, and
+C (an EfficientNet with another text tower, pretrained on a corpus of another seed), which is
+never a surrogate: the held-out family.
+
+Every number is a fine-tuning gain: R@10 of the fine-tuned checkpoint minus R@10 of the same
+public model (zero-shot), both measured by the project's evaluator on the owner's clean test
+split (500 pairs, 'resize + centre crop' to 32 px, as open_clip's evaluation transform), on clean
+test captions and on test captions with 3 random words in front. open_clip_train's own
+validation (``--val-data``, the same split) is recorded beside it for every run.
+
+Order, so that nothing protected can move the setting: ``--calibrate`` (clean and random-words
+rows only), ``--freeze`` (judges them: valid where clean gains at least 15 R@10 points in both
+directions; writes the frozen file), then ``--protect`` and ``--rows``, which refuse to run
+without the frozen file. ``--report`` joins the partial row files.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.finetune_regime import differs, stats  # noqa: E402
+from mempipe.data.demo_data import write_demo_data  # noqa: E402
+from mempipe.engine import preset  # noqa: E402
+from mempipe.engine.mem import protect_unit  # noqa: E402
+from mempipe.engine.text import decode_trigger  # noqa: E402
+from mempipe.engine.surrogate import CLIP_MEAN, CLIP_STD, build_model, model_config_sizes  # noqa: E402
+from mempipe.evaluation.datasets import load_pairs, prefix_random_words  # noqa: E402
+from mempipe.evaluation.public_models import pretrain  # noqa: E402
+from mempipe.evaluation.victim import embed, retrieval_metrics, tokens_for  # noqa: E402
+from mempipe.io.images import apply_noise_native, encode  # noqa: E402
+
+WORK = ROOT / "bench" / "work" / "thief"
+RESULTS = ROOT / "bench" / "results"
+FROZEN = RESULTS / "thief_frozen.json"
+REPORT = RESULTS / "effectiveness_thief.json"
+OWNER = {"train": 8000, "test": 500, "size": 64, "seed": 0, "style": "owner"}
+PUBLIC = {"A": ("public-vit", {}), "B": ("public-resnet", {}), "C": ("public-efficientnet", {"seed": 1})}
+PRETRAIN = {"pairs": 20_000, "epochs": 5, "seed": 0}
+# the thief's fine-tune: the previous regime's frozen strength (lr 1e-3, 10 epochs, batch 32, 8,000 pairs)
+THIEF = {"lr": 1e-3, "epochs": 10, "batch_size": 32, "wd": 0.1, "warmup_epochs": 0.5}
+CLEAN_GAIN_MIN = 15.0
+SEEDS = 3
+
+# protection: every optimised method uses frozen pretrained surrogates (no surrogate steps), 5 rounds of
+# 4 PGD steps of 1 level, eps 8 levels; "crop": the thief's transform in the loop at the stored 64 px
+ENGINE = {"outer_iters": 5, "pgd_steps": 4, "train_steps": 0, "unit_train_steps": 0, "hotflip_iters": 2,
+          "candidates": 6, "epsilon": 8, "alpha": 1, "batch_size": 128}
+CROP = {"noise_size": 64, "transform": "crop", "crop_scale": 0.5}
+VARIANTS = {
+    "random": ({"method": "random", "noise_size": 64}, ()),
+    "em-A": ({"method": "em"}, ("A",)),                      # noise at 32 px, upsampled onto the 64 px image
+    "em-A-crop": ({"method": "em", **CROP}, ("A",)),
+    "em-AB-crop": ({"method": "em", **CROP}, ("A", "B")),
+    "memj-AB-crop": ({"method": "mem", "trigger_len": 3, "pgd_objective": "joint", **CROP}, ("A", "B")),
+}
+# row -> (images from, captions from, what it is); the training shards are written once per row
+ROWS = {
+    "clean": ("clean", "clean", "reference: the owner's clean pairs"),
+    "random-words": ("clean", "random-words", "control: 3 random words per caption, clean images"),
+    "random": ("random", "clean", "control: uniform noise in [-eps, eps] at 64 px, original captions"),
+    "em-A": ("em-A", "clean", "EM against A at A's 32 px input, upsampled to 64 px"),
+    "em-A-crop": ("em-A-crop", "clean", "EM against A, the thief's crop in the loop, at 64 px"),
+    "em-AB-crop": ("em-AB-crop", "clean", "EM against the ensemble A+B, crop in the loop, at 64 px"),
+    "memj-AB-crop": ("memj-AB-crop", "memj-AB-crop", "MEM-3 joint objective, A+B, crop in the loop: noise and trigger"),
+    "memj-AB-crop+orig": ("memj-AB-crop", "clean", "memj-AB-crop's images with the original captions restored"),
+}
+CALIBRATION_ROWS = ("clean", "random-words")
+CONTROL_OF = {"em-A": "random", "em-A-crop": "random", "em-AB-crop": "random", "memj-AB-crop+orig": "random",
+              "memj-AB-crop": "random-words"}
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def meta() -> dict:
+    return {"commit": commit(), "command": " ".join(["bench/thief_regime.py", *sys.argv[1:]]),
+            "torch": torch.__version__, "owner": OWNER, "public": {k: v[0] for k, v in PUBLIC.items()},
+            "thief": THIEF, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def rel(path) -> str:
+    return str(Path(path).resolve().relative_to(ROOT.resolve())) if str(Path(path).resolve()).startswith(str(ROOT.resolve())) else str(path)
+
+
+# ---------------------------------------------------------------- data and models
+
+def owner_data() -> dict[str, str]:
+    data = WORK / "owner64"
+    if not (data / "test").exists():
+        write_demo_data(str(data), OWNER["train"], OWNER["test"], size=OWNER["size"], seed=OWNER["seed"],
+                        style="owner")
+    return {"train": str(data / "train"), "test": str(data / "test")}
+
+
+def public_model(letter: str) -> dict:
+    arch, overrides = PUBLIC[letter]
+    return pretrain(arch, str(ROOT / "bench" / "work" / "public_models"), **{**PRETRAIN, **overrides})
+
+
+def local_dir(letter: str) -> Path:
+    """The public model as open_clip's ``local-dir:`` folder: ``open_clip_config.json`` (model and
+    preprocess config) and ``open_clip_pytorch_model.bin``, what a thief downloads from a hub."""
+    model = public_model(letter)
+    folder = WORK / "local_dirs" / f"{letter}-{model['checkpoint_sha256'][:12]}"
+    if not (folder / "open_clip_pytorch_model.bin").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        config = json.loads(Path(model["model_config"]).read_text())
+        (folder / "open_clip_config.json").write_text(json.dumps(
+            {"model_cfg": config, "preprocess_cfg": {"mean": list(CLIP_MEAN), "std": list(CLIP_STD),
+                                                     "interpolation": "bicubic", "resize_mode": "shortest"}}, indent=1))
+        state = torch.load(model["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+        torch.save(state, folder / "open_clip_pytorch_model.bin")
+    return folder
+
+
+def load_public(letter: str, checkpoint: str | None = None):
+    model = public_model(letter)
+    sizes = model_config_sizes(model["model_config"])
+    return build_model(sizes["arch"], sizes["image_size"], sizes["context_length"],
+                       checkpoint=checkpoint or model["checkpoint"], model_config=model["model_config"]).eval()
+
+
+# ---------------------------------------------------------------- shards
+
+def shard_urls(folder: str) -> list[str]:
+    return sorted(str(p) for p in Path(folder).glob("*.tar"))
+
+
+def write_shard(path: Path, samples: list[tuple[str, np.ndarray, str, dict]]) -> None:
+    """A webdataset shard as img2dataset lays it out: {key}.png, {key}.txt, {key}.json."""
+    tmp = path.with_suffix(".tar.tmp")
+    with tarfile.open(tmp, "w") as tar:
+        for key, pixels, caption, info in samples:
+            for ext, data in (("png", encode(pixels, "png")), ("txt", caption.encode()),
+                              ("json", json.dumps(info).encode())):
+                member = tarfile.TarInfo(f"{key}.{ext}")
+                member.size = len(data)
+                tar.addfile(member, io.BytesIO(data))
+    os.replace(tmp, path)
+
+
+def read_shard(url: str, size: int | None = None):
+    """(N x 3 x S x S uint8 at native size or ``size``, captions, keys) of one shard."""
+    images, captions, keys = load_pairs(url, size or OWNER["size"])
+    return images, captions, keys
+
+
+def protect_variant(name: str) -> dict:
+    """Protect the owner's training shards with one variant (noise and, for MEM, trigger captions);
+    shard by shard, units of 500 pairs. Writes ``sets/NAME/images`` (original captions) and, with a
+    trigger, ``sets/NAME/triggered``. Returns its record (seconds, max |delta|, PSNR)."""
+    overrides, surrogates = VARIANTS[name]
+    target = WORK / "sets" / name
+    record_path = target / "record.json"
+    if record_path.exists():
+        return json.loads(record_path.read_text())
+    members = [load_public(letter) for letter in surrogates]
+    first = public_model(surrogates[0]) if surrogates else public_model("A")
+    cfg = preset("finetune").with_overrides(checkpoint=first["checkpoint"], model_config=first["model_config"],
+                                            **model_config_sizes(first["model_config"]), **ENGINE, **overrides)
+    started, deltas, psnrs = time.time(), [], []
+    for sub in ("images", "triggered") if cfg.uses_trigger else ("images",):
+        (target / sub).mkdir(parents=True, exist_ok=True)
+    for i, url in enumerate(shard_urls(owner_data()["train"])):
+        native, captions, keys = read_shard(url)
+        work = native if cfg.stored_size == OWNER["size"] else read_shard(url, cfg.image_size)[0]
+        result = protect_unit(work, captions, cfg.with_overrides(seed=i), surrogate=members[0] if members else None,
+                              ensemble=members[1:])
+        triggers = [""] * len(keys)
+        if cfg.uses_trigger:
+            triggers = [decode_trigger(row) for row in result.trigger_ids.tolist()]
+        images, triggered = [], []
+        for j, key in enumerate(keys):
+            original = native[j].permute(1, 2, 0).numpy()
+            pixels = apply_noise_native(original, result.noise[j].permute(1, 2, 0).numpy(), cfg.epsilon)
+            delta = int(np.abs(pixels.astype(np.int16) - original.astype(np.int16)).max())
+            if delta > cfg.epsilon:
+                raise AssertionError(f"{key}: |delta| {delta} over epsilon")
+            deltas.append(delta)
+            mse = float(np.mean((pixels.astype(np.float64) - original) ** 2))
+            psnrs.append(99.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse))
+            images.append((key, pixels, captions[j], {"variant": name}))
+            if cfg.uses_trigger:
+                triggered.append((key, pixels, f"{triggers[j]} {captions[j]}", {"variant": name, "trigger": triggers[j]}))
+        write_shard(target / "images" / Path(url).name, images)
+        if triggered:
+            write_shard(target / "triggered" / Path(url).name, triggered)
+        print(f"{name}: shard {i} done ({time.time() - started:.0f}s)", flush=True)
+    record = {"variant": name, "surrogates": list(surrogates), "config": {**ENGINE, **overrides},
+              "seconds": round(time.time() - started, 1), "seconds_per_sample": round((time.time() - started) / OWNER["train"], 4),
+              "max_delta": max(deltas), "psnr_mean": round(float(np.mean(psnrs)), 3)}
+    record_path.write_text(json.dumps(record, indent=1))
+    return record
+
+
+def random_words_shards() -> str:
+    """The control's shards: the owner's clean images, 3 fresh random words before every caption."""
+    target = WORK / "sets" / "random-words" / "images"
+    if not (target / "done").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        for i, url in enumerate(shard_urls(owner_data()["train"])):
+            native, captions, keys = read_shard(url)
+            captions = prefix_random_words(captions, 3, seed=1000 + i)
+            write_shard(target / Path(url).name, [(k, native[j].permute(1, 2, 0).numpy(), c, {})
+                                                  for j, (k, c) in enumerate(zip(keys, captions))])
+        (target / "done").write_text("")
+    return str(target)
+
+
+def row_shards(row: str) -> str:
+    images_from, captions_from, _ = ROWS[row]
+    if row == "clean":
+        return owner_data()["train"]
+    if row == "random-words":
+        return random_words_shards()
+    sub = "triggered" if captions_from == images_from else "images"
+    return str(WORK / "sets" / images_from / sub)
+
+
+# ---------------------------------------------------------------- the thief and the evaluator
+
+_TESTS: dict = {}
+
+
+def test_split(size: int) -> dict:
+    """The clean test split at the model's input (open_clip's evaluation view), clean and prefixed captions."""
+    if size not in _TESTS:
+        images, captions, _ = load_pairs(owner_data()["test"], size)
+        _TESTS[size] = {"clean": (images, captions), "prefixed": (images, prefix_random_words(captions, 3, seed=12345))}
+    return _TESTS[size]
+
+
+def evaluate_model(model) -> dict:
+    context = model.context_length
+    out = {}
+    for split, (images, captions) in test_split(model.input_size).items():
+        out[split] = retrieval_metrics(*embed(model, images, tokens_for(captions, context), "cpu"))
+    return out
+
+
+def open_clip_train(train_dir: str, letter: str, seed: int, name: str) -> dict:
+    """Fine-tune public model ``letter`` on the shards under ``train_dir`` with open_clip_train (its
+    default training transform), then evaluate the last checkpoint. One thread."""
+    logs = WORK / "runs"
+    run_dir = logs / name
+    if run_dir.exists():
+        subprocess.run(["rm", "-rf", str(run_dir)], check=True)
+    urls = shard_urls(train_dir)
+    steps_per_epoch = OWNER["train"] // THIEF["batch_size"]
+    command = [sys.executable, "-m", "open_clip_train.main", "--model", f"local-dir:{local_dir(letter)}",
+               "--train-data", "::".join(urls), "--train-num-samples", str(OWNER["train"]),
+               "--dataset-type", "webdataset", "--batch-size", str(THIEF["batch_size"]),
+               "--epochs", str(THIEF["epochs"]), "--lr", str(THIEF["lr"]), "--wd", str(THIEF["wd"]),
+               "--warmup", str(int(THIEF["warmup_epochs"] * steps_per_epoch)), "--workers", "1",
+               "--device", "cpu", "--precision", "fp32", "--save-frequency", str(THIEF["epochs"]),
+               "--logs", str(logs), "--name", name, "--seed", str(seed),
+               "--val-data", "::".join(shard_urls(owner_data()["test"])), "--val-num-samples", str(OWNER["test"]),
+               "--report-to", "", "--log-every-n-steps", "50"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    started = time.time()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"open_clip_train failed ({done.returncode}): {done.stderr[-3000:]}")
+    seconds = round(time.time() - started, 1)
+    log_text = (run_dir / "out.log").read_text()
+    # the running mean of the loss at the last logged step of each epoch
+    losses: dict[int, float] = {}
+    for epoch, mean in re.findall(r"Train Epoch: (\d+) \[.*?Loss: [\d.]+ \(([\d.]+)\)", log_text):
+        losses[int(epoch)] = float(mean)
+    own_val = [json.loads(line) for line in (run_dir / "checkpoints" / "results.jsonl").read_text().splitlines()]
+    checkpoint = run_dir / "checkpoints" / f"epoch_{THIEF['epochs']}.pt"
+    final = evaluate_model(load_public(letter, str(checkpoint)))
+    checkpoint.unlink()   # 1 MB each, and nothing reads it again
+    return {"final": final, "seconds": seconds, "loss_curve": [losses[e] for e in sorted(losses)],
+            "open_clip_val": [{k: v for k, v in e.items() if "R@10" in k or k in ("epoch", "clip_val_loss")}
+                              for e in own_val]}
+
+
+_ZERO: dict = {}
+
+
+def zero_shot(letter: str) -> dict:
+    if letter not in _ZERO:
+        _ZERO[letter] = evaluate_model(load_public(letter))
+    return _ZERO[letter]
+
+
+def gain(final: dict, zero: dict) -> dict:
+    return {split: {d: round(final[split][f"{d}_R@10"] - zero[split][f"{d}_R@10"], 2) for d in ("i2t", "t2i")}
+            for split in final}
+
+
+def run_rows(rows: list[str], victims: list[str], seeds: list[int], out: Path) -> None:
+    body = json.loads(out.read_text()) if out.exists() else {"meta": meta(), "rows": []}
+    done = {(r["row"], r["victim"], r["seed"]) for r in body["rows"]}
+    for seed in seeds:
+        for victim in victims:
+            for row in rows:
+                if (row, victim, seed) in done:
+                    continue
+                train_dir = row_shards(row)
+                digest = hashlib.sha256(f"{row}{victim}{seed}{out}".encode()).hexdigest()[:8]
+                result = open_clip_train(train_dir, victim, seed, f"{row}-{victim}-{seed}-{digest}")
+                zero = zero_shot(victim)
+                entry = {"row": row, "victim": victim, "seed": seed, "what": ROWS[row][2], "zero_shot": zero,
+                         **result, "gain": gain(result["final"], zero), "commit": commit()}
+                body = json.loads(out.read_text()) if out.exists() else {"meta": meta(), "rows": []}
+                body["rows"].append(entry)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(body, indent=1))
+                g = entry["gain"]
+                last_val = result["open_clip_val"][-1] if result["open_clip_val"] else {}
+                print(f"{victim} {row:20s} seed {seed}: gain clean {g['clean']['i2t']}/{g['clean']['t2i']} prefixed "
+                      f"{g['prefixed']['i2t']}/{g['prefixed']['t2i']} open_clip val R@10 "
+                      f"{last_val.get('image_to_text_R@10')}/{last_val.get('text_to_image_R@10')} "
+                      f"loss {result['loss_curve'][-1:]} ({result['seconds']}s)", flush=True)
+
+
+# ---------------------------------------------------------------- freeze and report
+
+def gain_stats(runs: list[dict], split: str) -> dict:
+    return {d: stats([r["gain"][split][d] for r in runs]) for d in ("i2t", "t2i")}
+
+
+def freeze(parts: list[Path]) -> dict:
+    runs = [r for p in parts for r in json.loads(p.read_text())["rows"]]
+    if any(r["row"] not in CALIBRATION_ROWS for r in runs):
+        raise SystemExit("the freeze reads calibration rows only (clean, random-words)")
+    table = {}
+    for victim in sorted({r["victim"] for r in runs}):
+        clean = [r for r in runs if (r["victim"], r["row"]) == (victim, "clean")]
+        control = [r for r in runs if (r["victim"], r["row"]) == (victim, "random-words")]
+        cg = gain_stats(clean, "clean")
+        table[victim] = {"clean_gain": cg, "control_gain": gain_stats(control, "clean") if control else None,
+                         "seeds": len(clean), "valid_image_noise": all(cg[d]["mean"] >= CLEAN_GAIN_MIN for d in cg)}
+    body = {"meta": meta(), "thief": THIEF, "owner": OWNER, "criterion": {"clean_gain_min": CLEAN_GAIN_MIN},
+            "table": table, "frozen_at": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": runs}
+    FROZEN.write_text(json.dumps(body, indent=1))
+    return body
+
+
+def report(parts: list[Path]) -> dict:
+    rows = [r for p in parts for r in json.loads(p.read_text())["rows"]]
+    frozen = json.loads(FROZEN.read_text())
+    rows += [r for r in frozen["runs"] if (r["row"], r["victim"], r["seed"]) not in
+             {(x["row"], x["victim"], x["seed"]) for x in rows}]
+    protection = {name: json.loads((WORK / "sets" / name / "record.json").read_text())
+                  for name in VARIANTS if (WORK / "sets" / name / "record.json").exists()}
+    table: dict = {}
+    for victim in sorted({r["victim"] for r in rows}):
+        table[victim] = {}
+        for label in ROWS:
+            runs = [r for r in rows if (r["victim"], r["row"]) == (victim, label)]
+            if not runs:
+                continue
+            table[victim][label] = {"what": ROWS[label][2], "seeds": len(runs),
+                                    **{split: gain_stats(runs, split) for split in ("clean", "prefixed")},
+                                    "final_loss": stats([r["loss_curve"][-1] for r in runs]),
+                                    "open_clip_val_R@10": {d: stats([100 * r["open_clip_val"][-1][f"{k}_R@10"] for r in runs])
+                                                           for d, k in (("i2t", "image_to_text"), ("t2i", "text_to_image"))},
+                                    "project_R@10": {d: stats([r["final"]["clean"][f"{d}_R@10"] for r in runs])
+                                                     for d in ("i2t", "t2i")}}
+        clean = table[victim].get("clean")
+        for label, entry in table[victim].items():
+            if clean:
+                entry["share_of_clean"] = {split: {d: round(entry[split][d]["mean"] / clean[split][d]["mean"], 3)
+                                                   if clean[split][d]["mean"] > 0 else None for d in ("i2t", "t2i")}
+                                           for split in ("clean", "prefixed")}
+            control = table[victim].get(CONTROL_OF.get(label, ""))
+            if control:
+                entry["control"] = CONTROL_OF[label]
+                entry["differs_from_control"] = {split: {d: differs(entry[split][d], control[split][d])
+                                                         for d in ("i2t", "t2i")} for split in ("clean", "prefixed")}
+    return {"meta": meta(), "frozen": {k: frozen[k] for k in ("thief", "owner", "criterion", "table", "frozen_at")},
+            "protection": protection, "table": table, "goal": goal(table), "rows": rows}
+
+
+def goal(table: dict) -> dict:
+    """Per victim: the image-noise row with the smallest largest share of clean's gain, against the
+    bars (at most 0.20 while random noise keeps at least 0.80), and each bar's distance."""
+    out = {}
+    for victim, rows in table.items():
+        def largest(label):
+            shares = rows.get(label, {}).get("share_of_clean")
+            return None if not shares else max(v for s in shares.values() for v in s.values() if v is not None)
+
+        def smallest(label):
+            shares = rows.get(label, {}).get("share_of_clean")
+            return None if not shares else min(v for s in shares.values() for v in s.values() if v is not None)
+
+        candidates = [r for r in rows if r in CONTROL_OF and CONTROL_OF[r] == "random"]
+        best = min(candidates, key=lambda r: largest(r) if largest(r) is not None else 9, default=None)
+        share, random_share = (largest(best) if best else None), smallest("random")
+        out[victim] = {"best": best, "its_largest_share": share, "random_smallest_share": random_share,
+                       "distance_to_0.20": None if share is None else round(share - 0.20, 3),
+                       "met": bool(share is not None and share <= 0.20 and (random_share or 0) >= 0.80)}
+    return out
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calibrate", action="store_true", help="clean and random-words rows only")
+    ap.add_argument("--freeze", help="comma-separated calibration row files -> bench/results/thief_frozen.json")
+    ap.add_argument("--protect", help="comma-separated variants to protect (after the freeze)")
+    ap.add_argument("--rows", help="comma-separated rows to run (after the freeze)")
+    ap.add_argument("--victims", default="A,B,C")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--out", help="partial row file")
+    ap.add_argument("--report", help="comma-separated row files -> bench/results/effectiveness_thief.json")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    victims = args.victims.split(",")
+    if args.freeze:
+        print(json.dumps(freeze([Path(p) for p in args.freeze.split(",")])["table"], indent=1))
+        return 0
+    if args.report:
+        body = report([Path(p) for p in args.report.split(",")])
+        REPORT.write_text(json.dumps(body, indent=1))
+        print(json.dumps(body["goal"], indent=1))
+        return 0
+    if args.calibrate:
+        run_rows(list(CALIBRATION_ROWS), victims, seeds, Path(args.out or RESULTS / "partial" / "thief_calibration.json"))
+        return 0
+    if not FROZEN.exists():
+        raise SystemExit("no frozen setting: run --calibrate and --freeze before any protected row")
+    if args.protect:
+        for name in args.protect.split(","):
+            print(json.dumps(protect_variant(name)), flush=True)
+    if args.rows:
+        rows = args.rows.split(",")
+        for row in rows:
+            images_from = ROWS[row][0]
+            if images_from in VARIANTS:
+                protect_variant(images_from)
+        run_rows(rows, victims, seeds, Path(args.out or RESULTS / "partial" / "thief_rows.json"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
