@@ -424,7 +424,7 @@ def goal(table: dict) -> dict:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--calibrate", action="store_true", help="clean and random-words rows only")
+    ap.add_argument("--calibrate", help="calibration rows to run: clean, random-words or both")
     ap.add_argument("--freeze", help="comma-separated calibration row files -> bench/results/thief_frozen.json")
     ap.add_argument("--protect", help="comma-separated variants to protect (after the freeze)")
     ap.add_argument("--rows", help="comma-separated rows to run (after the freeze)")
@@ -445,13 +445,16 @@ def main(argv: list[str]) -> int:
         print(json.dumps(body["goal"], indent=1))
         return 0
     if args.calibrate:
-        run_rows(list(CALIBRATION_ROWS), victims, seeds, Path(args.out or RESULTS / "partial" / "thief_calibration.json"))
+        rows = args.calibrate.split(",")
+        if set(rows) - set(CALIBRATION_ROWS):
+            ap.error(f"calibration rows are {CALIBRATION_ROWS}")
+        run_rows(rows, victims, seeds, Path(args.out or RESULTS / "partial" / "thief_calibration.json"))
         return 0
-    if not FROZEN.exists():
-        raise SystemExit("no frozen setting: run --calibrate and --freeze before any protected row")
-    if args.protect:
+    if args.protect:   # protecting informs no setting: allowed before the freeze
         for name in args.protect.split(","):
             print(json.dumps(protect_variant(name)), flush=True)
+    if args.rows and not FROZEN.exists():
+        raise SystemExit("no frozen setting: run --calibrate and --freeze before any protected row")
     if args.rows:
         rows = args.rows.split(",")
         for row in rows:
