@@ -86,6 +86,37 @@ ROWS = {
     "memj-AB-crop+orig": ("memj-AB-crop", "clean", "memj-AB-crop's images with the original captions restored"),
 }
 CALIBRATION_ROWS = ("clean", "random-words")
+
+
+def _jpeg(image, quality: int):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def _bits(image, bits: int):
+    from PIL import Image
+
+    shift = 8 - bits
+    return Image.fromarray(((np.asarray(image) >> shift) << shift).astype(np.uint8))
+
+
+def _blur(image):
+    from PIL import ImageFilter
+
+    return image.filter(ImageFilter.GaussianBlur(radius=1))
+
+
+# a thief's countermeasures (Image Shortcut Squeezing and the usual re-encodings), applied to the stored
+# training images before the thief trains; the test split stays clean. Row "X@name": row X's shards under it
+COUNTERMEASURES = {
+    "jpeg75": lambda im: _jpeg(im, 75), "jpeg50": lambda im: _jpeg(im, 50),
+    "gray": lambda im: im.convert("L").convert("RGB"),
+    "jpeg10bits": lambda im: _jpeg(_bits(im, 3), 10),   # ISS's strongest: 3-bit depth, then JPEG 10
+    "blur": _blur,
+}
 CONTROL_OF = {"em-A": "random", "em-A-crop": "random", "em-AB-crop": "random", "memj-AB-crop+orig": "random",
               "memj-AB-crop": "random-words"}
 
@@ -232,7 +263,37 @@ def random_words_shards() -> str:
     return str(target)
 
 
+def countermeasure_shards(row: str, name: str) -> str:
+    """Row ``row``'s training shards with countermeasure ``name`` applied to every image."""
+    from PIL import Image
+
+    source = row_shards(row)
+    target = WORK / "sets" / f"{row}@{name}"
+    if not (target / "done").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        for url in shard_urls(source):
+            samples = []
+            with tarfile.open(url) as tar:
+                members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+            for key in sorted({n.rsplit(".", 1)[0] for n in members}):
+                image = Image.open(io.BytesIO(members[f"{key}.png"])).convert("RGB")
+                samples.append((key, np.asarray(COUNTERMEASURES[name](image)), members[f"{key}.txt"].decode(), {}))
+            write_shard(target / Path(url).name, samples)
+        (target / "done").write_text("")
+    return str(target)
+
+
+def row_label(row: str) -> tuple[str, str | None]:
+    base, _, countermeasure = row.partition("@")
+    if base not in ROWS or (countermeasure and countermeasure not in COUNTERMEASURES):
+        raise SystemExit(f"unknown row {row!r}: rows {list(ROWS)}, optionally @{'|@'.join(COUNTERMEASURES)}")
+    return base, countermeasure or None
+
+
 def row_shards(row: str) -> str:
+    base, countermeasure = row_label(row)
+    if countermeasure:
+        return countermeasure_shards(base, countermeasure)
     images_from, captions_from, _ = ROWS[row]
     if row == "clean":
         return owner_data()["train"]
@@ -327,7 +388,9 @@ def run_rows(rows: list[str], victims: list[str], seeds: list[int], out: Path) -
                 digest = hashlib.sha256(f"{row}{victim}{seed}{out}".encode()).hexdigest()[:8]
                 result = open_clip_train(train_dir, victim, seed, f"{row}-{victim}-{seed}-{digest}")
                 zero = zero_shot(victim)
-                entry = {"row": row, "victim": victim, "seed": seed, "what": ROWS[row][2], "zero_shot": zero,
+                base, countermeasure = row_label(row)
+                what = ROWS[base][2] + (f"; the thief applies {countermeasure} first" if countermeasure else "")
+                entry = {"row": row, "victim": victim, "seed": seed, "what": what, "zero_shot": zero,
                          **result, "gain": gain(result["final"], zero), "commit": commit()}
                 body = json.loads(out.read_text()) if out.exists() else {"meta": meta(), "rows": []}
                 body["rows"].append(entry)
@@ -374,26 +437,28 @@ def report(parts: list[Path]) -> dict:
     table: dict = {}
     for victim in sorted({r["victim"] for r in rows}):
         table[victim] = {}
-        for label in ROWS:
+        for label in dict.fromkeys(r["row"] for r in rows if r["victim"] == victim):
             runs = [r for r in rows if (r["victim"], r["row"]) == (victim, label)]
-            if not runs:
-                continue
-            table[victim][label] = {"what": ROWS[label][2], "seeds": len(runs),
+            table[victim][label] = {"what": runs[0]["what"], "seeds": len(runs),
                                     **{split: gain_stats(runs, split) for split in ("clean", "prefixed")},
                                     "final_loss": stats([r["loss_curve"][-1] for r in runs]),
                                     "open_clip_val_R@10": {d: stats([100 * r["open_clip_val"][-1][f"{k}_R@10"] for r in runs])
                                                            for d, k in (("i2t", "image_to_text"), ("t2i", "text_to_image"))},
                                     "project_R@10": {d: stats([r["final"]["clean"][f"{d}_R@10"] for r in runs])
                                                      for d in ("i2t", "t2i")}}
-        clean = table[victim].get("clean")
         for label, entry in table[victim].items():
+            base, countermeasure = row_label(label)
+            # a countermeasure's row is measured against clean under the same countermeasure
+            clean = table[victim].get(f"clean@{countermeasure}" if countermeasure else "clean")
             if clean:
                 entry["share_of_clean"] = {split: {d: round(entry[split][d]["mean"] / clean[split][d]["mean"], 3)
                                                    if clean[split][d]["mean"] > 0 else None for d in ("i2t", "t2i")}
                                            for split in ("clean", "prefixed")}
-            control = table[victim].get(CONTROL_OF.get(label, ""))
+            control_label = (f"clean@{countermeasure}" if countermeasure and base != "clean"
+                             else CONTROL_OF.get(label, ""))
+            control = table[victim].get(control_label)
             if control:
-                entry["control"] = CONTROL_OF[label]
+                entry["control"] = control_label
                 entry["differs_from_control"] = {split: {d: differs(entry[split][d], control[split][d])
                                                          for d in ("i2t", "t2i")} for split in ("clean", "prefixed")}
     return {"meta": meta(), "frozen": {k: frozen[k] for k in ("thief", "owner", "criterion", "table", "frozen_at")},
@@ -416,9 +481,13 @@ def goal(table: dict) -> dict:
         candidates = [r for r in rows if r in CONTROL_OF and CONTROL_OF[r] == "random"]
         best = min(candidates, key=lambda r: largest(r) if largest(r) is not None else 9, default=None)
         share, random_share = (largest(best) if best else None), smallest("random")
+        jpeg = largest(f"{best}@jpeg75") if best else None   # against clean under JPEG 75
         out[victim] = {"best": best, "its_largest_share": share, "random_smallest_share": random_share,
                        "distance_to_0.20": None if share is None else round(share - 0.20, 3),
-                       "met": bool(share is not None and share <= 0.20 and (random_share or 0) >= 0.80)}
+                       "jpeg75_largest_share": jpeg,
+                       "jpeg75_distance_to_0.40": None if jpeg is None else round(jpeg - 0.40, 3),
+                       "met": bool(share is not None and share <= 0.20 and (random_share or 0) >= 0.80
+                                   and jpeg is not None and jpeg <= 0.40)}
     return out
 
 
@@ -458,7 +527,7 @@ def main(argv: list[str]) -> int:
     if args.rows:
         rows = args.rows.split(",")
         for row in rows:
-            images_from = ROWS[row][0]
+            images_from = ROWS[row_label(row)[0]][0]
             if images_from in VARIANTS:
                 protect_variant(images_from)
         run_rows(rows, victims, seeds, Path(args.out or RESULTS / "partial" / "thief_rows.json"))

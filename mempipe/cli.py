@@ -12,6 +12,7 @@ from .io.retry import StorageError
 from .io.storage import parse_storage_options
 
 
+CLI_ONLY_THROUGH_SURROGATE = ("surrogate", "ensemble")   # set by --surrogate (names and the mode)
 EXIT_SHARDS_FAILED = 3  # the run went on, but some shards could not be protected (retry them by rerunning)
 
 
@@ -19,7 +20,15 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     """One option per engine setting, made from MEMConfig's fields: the same names, types, choices and
     help as the config file; bounds are checked by MEMConfig itself, so the two cannot drift."""
     group = p.add_argument_group("engine settings (each defaults to the preset's value)")
+    group.add_argument("--surrogate", dest="surrogates", action="append", default=None, metavar="NAME",
+                       help="the surrogate, named as open_clip names models: ARCH:TAG (ViT-B-32:openai, downloaded "
+                            "and cached by open_clip), local-dir:DIR (open_clip_config.json and weights), "
+                            "hf-hub:ORG/REPO, or ARCH (from scratch). Repeat for an ensemble: the noise is made "
+                            "against all of them (--ensemble-reduce). 'shared' or 'per-unit' set the surrogate "
+                            "mode instead (shared: one surrogate per run; per-unit: each unit trains its own)")
     for name, kind, choices, text in MEMConfig.field_specs():
+        if name in CLI_ONLY_THROUGH_SURROGATE:
+            continue
         defaults = "; ".join(f"{preset_name}: {getattr(cfg, name)}" for preset_name, cfg in sorted(PRESETS.items()))
         flag = "--" + name.replace("_", "-")
         help_text = f"{text} ({defaults})"
@@ -146,20 +155,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def engine_config(args: argparse.Namespace):
+    from .engine.surrogate import model_config_sizes
+
     cfg = preset(args.preset)
+    overrides: dict = {}
     if args.config:
         with open(args.config) as f:
             overrides = yaml.safe_load(f) or {}
         if not isinstance(overrides, dict):
             raise ValueError(f"--config {args.config} must hold a mapping of engine settings")
-        cfg = cfg.with_overrides(**overrides)
-    from .engine.surrogate import with_model_config
-
-    cfg = with_model_config(cfg.with_overrides(**{name: getattr(args, name) for name, *_ in MEMConfig.field_specs()}))
-    if args.preset in PRETRAINED_PRESETS and not cfg.checkpoint:
+    # one step, so that settings checked against each other (noise_size against the model's input)
+    # meet the surrogate's own sizes, not the preset's
+    overrides.update({name: getattr(args, name) for name, *_ in MEMConfig.field_specs()
+                      if name not in CLI_ONLY_THROUGH_SURROGATE and getattr(args, name) is not None})
+    named = surrogate_overrides(args.surrogates or [])
+    overrides.update(named)
+    config_file = overrides.get("model_config") or cfg.model_config
+    if config_file and "image_size" not in named:
+        overrides.update(model_config_sizes(config_file))
+    cfg = cfg.with_overrides(**overrides)
+    if args.preset in PRETRAINED_PRESETS and not cfg.pretrained_surrogate:
         raise ValueError(f"--preset {args.preset} continues a pretrained surrogate: give --checkpoint FILE "
                          "(and --model-config FILE for a model that is not an open_clip name)")
     return cfg
+
+
+def surrogate_overrides(values: list[str]) -> dict:
+    """``--surrogate`` values -> engine settings: the mode words, the first model name as the
+    surrogate (its sizes read from its config), the others as the ensemble. Every name is checked
+    here, before any shard is read: a tag that needs a download fails at once when offline."""
+    from .engine import names
+
+    modes = [v for v in values if v in ("shared", "per-unit")]
+    models = [v for v in values if v not in ("shared", "per-unit")]
+    out: dict = {"surrogate": modes[-1]} if modes else {}
+    for name in models:
+        if names.is_named(name):
+            names.check_available(name)
+    if models:
+        first = models[0]
+        out["arch"] = first
+        if names.is_named(first):
+            out.update(names.sizes(first))
+        out["ensemble"] = ",".join(models[1:])
+    return out
 
 
 def _protect(args: argparse.Namespace) -> int:

@@ -60,6 +60,7 @@ class MEMConfig:
     crop_scale: float = 0.5         # crop: smallest share of the image a crop keeps
     transform_jpeg: float = 0.0     # crop: probability of a differentiable JPEG (quality 50-90) per view
     transform_gray: float = 0.0     # crop: probability of grayscale per view
+    ensemble: str = ""              # more surrogates, comma-separated open_clip names (ARCH:TAG, local-dir:, hf-hub:), frozen
     ensemble_reduce: str = "mean"   # several surrogates: PGD minimises their mean loss, or the worst one
     seed: int = 0
 
@@ -117,6 +118,15 @@ class MEMConfig:
     @property
     def effective_noise_scope(self) -> str:
         return "cluster" if self.method == "uc" else self.noise_scope
+
+    @property
+    def pretrained_surrogate(self) -> bool:
+        """The surrogate starts from released weights: a checkpoint file, or a name with a tag or a schema."""
+        return bool(self.checkpoint) or self.arch.startswith(("local-dir:", "hf-hub:")) or ":" in self.arch
+
+    @property
+    def ensemble_names(self) -> list[str]:
+        return [name.strip() for name in self.ensemble.split(",") if name.strip()]
 
     @property
     def stored_size(self) -> int:
@@ -206,6 +216,8 @@ HELP: dict[str, str] = {
     "crop_scale": "crop: smallest share of the image area a crop keeps (torchvision's scale range [x, 1])",
     "transform_jpeg": "crop: probability of a differentiable JPEG (quality 50-90) in a view",
     "transform_gray": "crop: probability of grayscale in a view",
+    "ensemble": "more surrogates for the noise, frozen: open_clip names (ARCH:TAG, local-dir:DIR, hf-hub:ORG/REPO), "
+                "comma-separated; on the command line, repeat --surrogate",
     "ensemble_reduce": "several surrogates: minimise their mean loss, or the largest one",
     "seed": "seed of every random choice (sample, clusters, triggers, noise)",
 }

@@ -366,7 +366,7 @@ def train_shared_surrogate(images: torch.Tensor, captions: list[str], cfg: MEMCo
     """The run's surrogate: the full min-min loop (the configured rounds and steps, noise and
     triggers on this sample) on a sample of the data; every unit then starts from it. A pretrained
     surrogate (``checkpoint``) with no surrogate steps is that model as it is: nothing to learn."""
-    if cfg.checkpoint and cfg.train_steps == 0:
+    if cfg.pretrained_surrogate and cfg.train_steps == 0:
         return build_model(cfg.arch, cfg.image_size, cfg.context_length, cfg.checkpoint,
                            model_config=cfg.model_config).eval()
     return protect_unit(images, captions, cfg.with_overrides(surrogate="per-unit", compile=False), device,

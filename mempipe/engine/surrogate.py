@@ -7,6 +7,7 @@ L-inf budget lives.
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from torch import nn
 
 import open_clip
+
+from . import names
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -44,12 +47,13 @@ TINY_CONFIGS = {
 class ClipModel(nn.Module):
     """An open_clip CLIP that takes images in [0, 1] and returns normalised features."""
 
-    def __init__(self, clip: nn.Module, context_length: int) -> None:
+    def __init__(self, clip: nn.Module, context_length: int, mean=CLIP_MEAN, std=CLIP_STD) -> None:
         super().__init__()
         self.clip = clip
         self.context_length = context_length
-        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        # each model's own normalisation (open_clip's preprocess config), so an ensemble can mix them
+        self.register_buffer("mean", torch.tensor(tuple(mean)).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(tuple(std)).view(1, 3, 1, 1), persistent=False)
 
     @property
     def input_size(self) -> int:
@@ -158,6 +162,8 @@ def build_model(arch: str, image_size: int, context_length: int, checkpoint: str
     """
     if seed is not None:
         torch.manual_seed(seed)
+    if names.is_named(arch):   # ARCH:TAG, hf-hub:..., local-dir:...: open_clip's factory builds it
+        return build_named(arch, image_size, context_length)
     if model_config:
         sizes = model_config_sizes(model_config)
         if (sizes["image_size"], sizes["context_length"]) != (image_size, context_length):
@@ -179,6 +185,31 @@ def build_model(arch: str, image_size: int, context_length: int, checkpoint: str
         clip = open_clip.create_model(arch, pretrained=checkpoint, force_image_size=image_size,
                                       force_context_length=context_length)
     return ClipModel(clip, context_length)
+
+
+def build_named(name: str, image_size: int | None = None, context_length: int | None = None) -> ClipModel:
+    """A surrogate named as open_clip names it (see ``names``), with its own normalisation."""
+    config = names.model_config(name)
+    built = names.sizes(name)
+    if image_size is not None and (image_size, context_length) != (built["image_size"], built["context_length"]):
+        raise ValueError(f"{name} is built for {built['image_size']} px and {built['context_length']} tokens, "
+                         f"not {image_size} px and {context_length} tokens")
+    names.check_available(name)
+    parsed = names.parse(name)
+    clip = open_clip.create_model(parsed.model, pretrained=parsed.pretrained)
+    preprocess = config["preprocess_cfg"]
+    return ClipModel(clip, built["context_length"], preprocess.get("mean", CLIP_MEAN), preprocess.get("std", CLIP_STD))
+
+
+@functools.lru_cache(maxsize=2)
+def ensemble_models(spec: str) -> tuple[ClipModel, ...]:
+    """The frozen extra surrogates of a config's ``ensemble`` (built once per process)."""
+    models = []
+    for name in (n.strip() for n in spec.split(",") if n.strip()):
+        if not names.is_named(name):
+            raise ValueError(f"ensemble member {name!r} must be pretrained: ARCH:TAG, local-dir:DIR or hf-hub:ORG/REPO")
+        models.append(build_named(name).eval().requires_grad_(False))
+    return tuple(models)
 
 
 def save_checkpoint(model: ClipModel, path: str) -> None:

@@ -124,9 +124,9 @@ def fit(urls: list[str], cfg: MEMConfig, settings: dict[str, Any], storage_optio
     size = max(FEATURE_SAMPLE if clustered else 0, cfg.unit_size if needs_model else 0)
     if cfg.uses_trigger and cfg.trigger_scope == "global":
         size = max(size, min(cfg.unit_size, FEATURE_SAMPLE))
-    sample = draw_sample(urls, size, cfg.seed, storage_options, limits, cfg.image_size) if size else []
+    sample = draw_sample(urls, size, cfg.seed, storage_options, limits, cfg.stored_size) if size else []
     state.sample_keys = [f"{d.raw.shard}/{d.raw.key}" for d in sample]
-    images = surrogate_batch(sample, cfg.image_size) if sample else None
+    images = surrogate_batch(sample, cfg.stored_size) if sample else None
     captions = [d.raw.caption for d in sample]
     sample_clusters = None
     if clustered and sample:

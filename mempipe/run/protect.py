@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..engine import MEMConfig, protect_unit
 from ..engine.mem import unit_config
-from ..engine.surrogate import ClipModel
+from ..engine.surrogate import ClipModel, ensemble_models
 from ..engine.text import decode_trigger, insert_words
 from ..io.images import (ImageError, ImageFormat, apply_noise_native, decode_rgb, encode, image_pixels, max_abs_delta, psnr,
                      to_surrogate_input)
@@ -157,9 +157,9 @@ def run_unit(items: list[Decoded], cfg: MEMConfig, fmt: ImageFormat, unit_id: st
              surrogate: ClipModel | None = None) -> tuple[list[ShardOutput], dict]:
     """Engine + finishing for one unit; returns outputs and the unit's log/trigger summary.
     ``surrogate``: the run's shared surrogate (``cfg.surrogate == "shared"``), fine-tuned per unit."""
-    result = protect_unit(surrogate_batch(items, cfg.image_size), [d.raw.caption for d in items], unit_config(cfg),
+    result = protect_unit(surrogate_batch(items, cfg.stored_size), [d.raw.caption for d in items], unit_config(cfg),
                           device=device, progress=on_round, clusters=clusters, fixed_trigger=fixed_trigger,
-                          surrogate=surrogate)
+                          surrogate=surrogate, ensemble=ensemble_models(cfg.ensemble))
     noise = result.noise.permute(0, 2, 3, 1).numpy()
     triggers = result.trigger_ids.tolist()
     clusters = None if result.cluster_ids is None else result.cluster_ids.tolist()

@@ -1,0 +1,83 @@
+"""Surrogates named as open_clip names them: local-dir: folders (written here, as open_clip writes
+them), ensembles through ``mempipe protect``, and the offline failure of a tag that needs a download."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from mempipe.cli import main
+from mempipe.data.demo_data import write_demo_data
+from mempipe.engine import names
+from mempipe.engine.surrogate import CLIP_MEAN, CLIP_STD, build_model, build_named
+from mempipe.evaluation.public_models import pretrain
+from tests.helpers import private_run
+
+SIZE, CONTEXT = 16, 24
+
+
+def write_local_dir(public: dict, folder, mean=CLIP_MEAN, std=CLIP_STD) -> str:
+    """An open_clip local-dir folder: open_clip_config.json (model and preprocess config) and the weights."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = json.load(open(public["model_config"]))
+    (folder / "open_clip_config.json").write_text(json.dumps(
+        {"model_cfg": config, "preprocess_cfg": {"mean": list(mean), "std": list(std)}}))
+    torch.save(torch.load(public["checkpoint"], weights_only=True)["state_dict"], folder / "open_clip_pytorch_model.bin")
+    return f"local-dir:{folder}"
+
+
+@pytest.fixture(scope="module")
+def public(tmp_path_factory):
+    return pretrain("public-test", str(tmp_path_factory.mktemp("public")), pairs=256, epochs=1, test_pairs=32)
+
+
+@pytest.fixture(scope="module")
+def owner(tmp_path_factory):
+    root = tmp_path_factory.mktemp("owner")
+    write_demo_data(str(root), train=48, test=16, size=2 * SIZE, seed=5, style="owner")
+    return root
+
+
+def test_a_local_dir_loads_the_weights_sizes_and_normalisation_it_names(public, tmp_path):
+    name = write_local_dir(public, tmp_path / "m", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    assert names.is_named(name) and names.sizes(name) == {"image_size": SIZE, "context_length": CONTEXT}
+    model = build_named(name)
+    given = torch.load(public["checkpoint"], weights_only=True)["state_dict"]
+    assert all(torch.equal(model.clip.state_dict()[k], v) for k, v in given.items())
+    assert model.mean.flatten().tolist() == [0.5] * 3 and model.std.flatten().tolist() == [0.25] * 3
+    assert build_model(name, SIZE, CONTEXT).input_size == SIZE          # the one factory path takes names too
+    with pytest.raises(ValueError, match="built for 16 px"):
+        build_model(name, 32, CONTEXT)
+    with pytest.raises(ValueError, match="no open_clip_config.json"):
+        build_named(f"local-dir:{tmp_path}")
+
+
+def test_a_tag_that_needs_a_download_fails_at_once_offline(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(names, "HUB_HOST", ("127.0.0.1", 9))        # a closed port: no hub here
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))               # and nothing cached
+    started = time.time()
+    code = main(["protect", str(tmp_path / "in"), str(tmp_path / "out"), "--surrogate", "RN50:openai", "--no-ray"])
+    assert code == 2 and time.time() - started < 10
+    err = capsys.readouterr().err
+    assert "RN50:openai needs a download" in err and "local-dir:" in err
+    with pytest.raises(ValueError, match="no pretrained tag 'nope'"):
+        names.check_available("RN50:nope")
+
+
+def test_protect_with_an_ensemble_of_local_dirs_and_the_crop_in_the_loop(public, owner, tmp_path):
+    first = write_local_dir(public, tmp_path / "a")
+    second = write_local_dir(public, tmp_path / "b", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    out = tmp_path / "out"
+    argv = ["protect", str(owner / "train"), str(out), "--preset", "finetune", "--surrogate", first,
+            "--surrogate", second, "--method", "em", "--train-steps", "0", "--outer-iters", "1", "--pgd-steps", "2",
+            "--noise-size", str(2 * SIZE), "--transform", "crop", "--no-ray", "--quiet"]
+    assert main(argv) == 0
+    config = private_run(out)["config"]
+    assert config["arch"] == first and config["ensemble"] == second
+    assert (config["image_size"], config["noise_size"], config["transform"]) == (SIZE, 2 * SIZE, "crop")
+    stats = json.load(open(next(out.glob("*_stats.json"))))
+    assert stats["successes"] == 48
+    # the mode words still set the surrogate mode
+    assert main(argv[:-2] + ["--surrogate", "per-unit", "--no-ray", "--quiet", "--new-run"]) == 0
