@@ -7,7 +7,7 @@ import sys
 
 import yaml
 
-from .engine.config import PRESETS, PRETRAINED_PRESETS, MEMConfig, preset
+from .engine.config import PRESET_THREATS, PRESETS, PRETRAINED_PRESETS, MEMConfig, preset
 from .io.retry import StorageError
 from .io.storage import parse_storage_options
 
@@ -42,10 +42,10 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
 def add_protect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="input shards: folder, s3://bucket/prefix, or a brace pattern")
     p.add_argument("output", help="output prefix (never the input)")
-    p.add_argument("--preset", default="cpu-tiny", choices=sorted(PRESETS),
-                   help="engine settings to start from: cpu-tiny (small, minutes on a CPU), paper (the authors' "
-                        "reference values, from scratch, for a GPU) or finetune (the authors' values against a "
-                        "pretrained surrogate: needs --checkpoint) (default: %(default)s)")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="engine settings to start from, by what they protect against: "
+                        + "; ".join(f"{name}: {PRESET_THREATS[name]}" for name in sorted(PRESETS))
+                        + " (default: finetune-thief with a pretrained surrogate, cpu-tiny without)")
     p.add_argument("--config", help="YAML/JSON file of engine settings (the names below, with underscores) that "
                                     "override the preset; command-line options override both")
     p.add_argument("--storage-options", help="fsspec storage options as JSON (credentials are never logged)")
@@ -157,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
 def engine_config(args: argparse.Namespace):
     from .engine.surrogate import model_config_sizes
 
+    named = surrogate_overrides(args.surrogates or [])
+    if args.preset is None:   # the protective preset whenever the user gives a pretrained surrogate
+        given = named.get("arch") or (args.arch or "")
+        pretrained = bool(args.checkpoint) or ":" in given
+        args.preset = "finetune-thief" if pretrained else "cpu-tiny"
     cfg = preset(args.preset)
     overrides: dict = {}
     if args.config:
@@ -168,7 +173,6 @@ def engine_config(args: argparse.Namespace):
     # meet the surrogate's own sizes, not the preset's
     overrides.update({name: getattr(args, name) for name, *_ in MEMConfig.field_specs()
                       if name not in CLI_ONLY_THROUGH_SURROGATE and getattr(args, name) is not None})
-    named = surrogate_overrides(args.surrogates or [])
     overrides.update(named)
     config_file = overrides.get("model_config") or cfg.model_config
     if config_file and "image_size" not in named:

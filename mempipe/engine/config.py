@@ -130,8 +130,9 @@ class MEMConfig:
 
     @property
     def stored_size(self) -> int:
-        """The resolution of the images and the noise the engine works on."""
-        return self.noise_size or self.image_size
+        """The resolution of the images and the noise the engine works on: ``noise_size``, or the
+        model's input (twice it with the crop transform, so that crops resample the noise)."""
+        return self.noise_size or (2 * self.image_size if self.transform == "crop" else self.image_size)
 
     @property
     def pgd_batch(self) -> int:
@@ -209,8 +210,8 @@ HELP: dict[str, str] = {
     "compile": "torch.compile the surrogate's towers (speed only)",
     "surrogate": "shared: one surrogate fitted per run and reused by later runs; per-unit: each unit trains its own",
     "unit_train_steps": "shared surrogate: fine-tune steps per round inside a unit (0: frozen)",
-    "noise_size": "resolution the noise is optimised and stored at (0: the surrogate's input size); each "
-                  "surrogate sees the image resized to its own input",
+    "noise_size": "resolution the noise is optimised at, on the centre square of each image (0: the surrogate's "
+                  "input size, twice it with --transform crop); each surrogate sees the image resized to its input",
     "transform": "resize: PGD sees the evaluation view; crop: a random resized crop and flip per image and step "
                  "(the thief's training transform in the loop)",
     "crop_scale": "crop: smallest share of the image area a crop keeps (torchvision's scale range [x, 1])",
@@ -231,6 +232,13 @@ PRESETS: dict[str, MEMConfig] = {
     # A small surrogate at 64 px, sized to protect 2,000 samples in minutes on 2 CPU cores. Trigger
     # scope 'cluster': the scope with the lowest victim R@10 in bench/results/effectiveness.json.
     "cpu-tiny": MEMConfig(trigger_scope="cluster"),
+    # Against a thief who fine-tunes a pretrained CLIP the owner cannot name, with its own training
+    # transform: error-minimising noise against frozen pretrained surrogates (one or an ensemble), 5 rounds
+    # of 4 PGD steps through random resized crops and flips of the image at twice the model's input.
+    # Needs a pretrained surrogate (--surrogate ARCH:TAG | local-dir:DIR, or --checkpoint).
+    "finetune-thief": MEMConfig(method="em", arch="ViT-B-32", image_size=224, context_length=77, epsilon=8, alpha=1,
+                                pgd_steps=4, outer_iters=5, train_steps=0, unit_train_steps=0, transform="crop",
+                                crop_scale=0.5, batch_size=128, unit_size=2048),
     # The authors' fine-tune recipe (operation_finetune.txt): a pretrained CLIP as the surrogate,
     # 10 rounds x 50 surrogate steps at lr 1e-5 (on the fit sample; frozen inside units), HotFlip in
     # the first 2 rounds with 6 candidates. Needs --checkpoint (and --model-config for your own model).
@@ -238,7 +246,15 @@ PRESETS: dict[str, MEMConfig] = {
                           outer_iters=10, train_steps=50, hotflip_iters=2, candidates=6, trigger_len=3,
                           batch_size=128, lr=1e-5, unit_size=2048),
 }
-PRETRAINED_PRESETS = ("finetune",)   # presets that continue a pretrained surrogate: a checkpoint is required
+PRETRAINED_PRESETS = ("finetune", "finetune-thief")
+# what each preset protects against, for --help (measured in docs/effectiveness.md)
+PRESET_THREATS = {
+    "finetune-thief": "a thief fine-tuning a pretrained CLIP with its own crops (needs a pretrained --surrogate); "
+                      "the default when one is given",
+    "finetune": "the authors' MEM fine-tune recipe (needs a pretrained surrogate); measured: white-box only",
+    "cpu-tiny": "quick trials on a CPU; MEM against a tiny model trained from scratch: protects nothing measured",
+    "paper": "the paper's from-scratch MEM at 224 px with RN50 (a GPU run)",
+}   # presets that continue a pretrained surrogate: a checkpoint is required
 
 
 def preset(name: str) -> MEMConfig:
