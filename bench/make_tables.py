@@ -503,7 +503,69 @@ def finetune_headline_table(name: str = "effectiveness_finetune") -> str:
     return "\n".join(lines)
 
 
+def thief_calibration_table() -> str:
+    """The thief regime's calibration: clean and random-words gains per victim, and the freeze."""
+    data = _result("thief_frozen")
+    if not data:
+        return "_not run yet_"
+    lines = ["| victim | clean gain (R@10 i2t / t2i) | runs | random-words gain | valid (clean ≥ 15 both ways) |",
+             "|---|---|---|---|---|"]
+    for victim, row in data["table"].items():
+        control = row["control_gain"]
+        lines.append(f"| {victim} | {_pm(row['clean_gain']['i2t'])} / {_pm(row['clean_gain']['t2i'])} | {row['seeds']} | "
+                     + (f"{_pm(control['i2t'])} / {_pm(control['t2i'])}" if control else "–")
+                     + f" | {'yes' if row['valid_image_noise'] else 'no'} |")
+    lines += ["", f"Frozen at {data['frozen_at']} from these rows alone; thief: open_clip_train, lr {data['thief']['lr']}, "
+                  f"{data['thief']['epochs']} epochs, batch {data['thief']['batch_size']}, on {data['owner']['train']:,} "
+                  f"pairs of {data['owner']['size']} px images."]
+    return "\n".join(lines)
+
+
+def thief_table(victims=("C", "A", "B")) -> str:
+    """Gains (clean test captions) of every thief row per victim, share of clean's gain, verdict against its control."""
+    data = _result("effectiveness_thief")
+    if not data:
+        return "_not run yet_"
+    present = [v for v in victims if v in data["table"]]
+    labels = list(dict.fromkeys(label for v in present for label in data["table"][v]))
+    head = "| row | what it is | " + " | ".join(f"{v}: gain i2t / t2i (runs) | {v}: share of clean" for v in present) + " |"
+    lines = [head, "|---|---|" + "---|---|" * len(present)]
+    for label in labels:
+        what = next(data["table"][v][label]["what"] for v in present if label in data["table"][v])
+        cells = []
+        for v in present:
+            e = data["table"][v].get(label)
+            if not e:
+                cells += ["–", "–"]
+                continue
+            share = e.get("share_of_clean", {}).get("clean", {})
+            verdict = e.get("differs_from_control", {}).get("clean", {})
+            mark = " *" if verdict and all(verdict.get(d) for d in ("i2t", "t2i")) else ""
+            cells += [f"{_pm(e['clean']['i2t'])} / {_pm(e['clean']['t2i'])} ({e['seeds']})",
+                      " / ".join("–" if share.get(d) is None else f"{share[d]:.2f}" for d in ("i2t", "t2i")) + mark]
+        lines.append(f"| {label} | {what} | " + " | ".join(cells) + " |")
+    lines += ["", "*: differs from its control (random noise; clean under the same countermeasure; random words for "
+                  "the trigger row) by more than twice the pooled sd in both directions. Shares: of clean's gain "
+                  "(of clean's under the same countermeasure for an @ row)."]
+    return "\n".join(lines)
+
+
+def thief_protection_table() -> str:
+    data = _result("effectiveness_thief")
+    if not data:
+        return "_not run yet_"
+    lines = ["| set | surrogates | transform | seconds per sample (1 CPU thread) | max abs delta | PSNR (dB) |",
+             "|---|---|---|---|---|---|"]
+    for name, rec in data["protection"].items():
+        lines.append(f"| {name} | {'+'.join(rec['surrogates']) or '–'} | {rec['config'].get('transform', 'resize')} | "
+                     f"{rec['seconds_per_sample']} | {rec['max_delta']} | {rec['psnr_mean']} |")
+    return "\n".join(lines)
+
+
 TABLES = {
+    "thief-calibration": thief_calibration_table,
+    "thief": thief_table,
+    "thief-protection": thief_protection_table,
     "effectiveness": effectiveness_table,
     "effectiveness-finetune-headline": lambda: finetune_headline_table("effectiveness_finetune_after_freeze"),
     "effectiveness-photo": lambda: effectiveness_table("effectiveness_photo"),
