@@ -567,7 +567,6 @@ TABLES = {
     "thief": thief_table,
     "thief-protection": thief_protection_table,
     "effectiveness": effectiveness_table,
-    "effectiveness-finetune-headline": lambda: finetune_headline_table("effectiveness_finetune_after_freeze"),
     "effectiveness-photo": lambda: effectiveness_table("effectiveness_photo"),
     "goal-photo": goal_table,
     "shortcut-race": shortcut_race_table,

@@ -292,7 +292,11 @@ def main(argv: list[str] | None = None) -> int:
             from .evaluation.inspect_output import main_inspect
 
             return main_inspect(args)
-    except (ValueError, FileNotFoundError, StorageError) as exc:
+    except StorageError as exc:   # storage that failed after every retry (the fit's record, a lock, a listing)
+        print(f"mempipe: storage failure: {exc}; nothing finished was lost: run the same command again "
+              "(a fit that could not be uploaded is kept locally and uploaded then)", file=sys.stderr)
+        return EXIT_SHARDS_FAILED
+    except (ValueError, FileNotFoundError) as exc:
         print(f"mempipe: error: {exc}", file=sys.stderr)
         return 2
     return 2

@@ -339,3 +339,33 @@ def test_16_bit_png_is_scaled_not_clipped_and_exif_orientation_is_applied(tmp_pa
     out = {s.key: decode_rgb(s.image)[0] for s in iter_shard(str(tmp_path / "out/00000.tar"))}
     assert out["turned"].shape == (60, 20, 3)
     assert np.abs(out["deep"].astype(int) - pixels.astype(int)).max() <= 8
+
+
+def test_the_fits_storage_failure_is_one_line_and_exit_3_and_a_rerun_uploads_without_fitting_again(
+        demo_small, tmp_path, monkeypatch, capsys):
+    from mempipe.io.retry import StorageError
+    from mempipe.run import fit as fit_module
+
+    monkeypatch.setenv("MEMPIPE_CACHE", str(tmp_path / "cache"))
+    argv = ["protect", str(demo_small / "train"), str(tmp_path / "out"), "--no-ray", "--quiet", "--outer-iters", "1",
+            "--train-steps", "2", "--pgd-steps", "1", "--unit-size", "64"]
+
+    def broken_upload(*args, **kwargs):
+        raise StorageError("write surrogate.pt failed after 4 attempts: EndpointConnectionError: could not connect")
+
+    monkeypatch.setattr(fit_module, "save_fit", broken_upload)
+    assert main(argv) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "storage failure: write surrogate.pt failed after 4 attempts" in err[0]
+    assert len(list((tmp_path / "cache" / "fits").glob("*.pt"))) == 1      # the fit waits for its upload
+    monkeypatch.undo()
+    monkeypatch.setenv("MEMPIPE_CACHE", str(tmp_path / "cache"))
+    fits = []
+    real_fit = fit_module.fit
+    monkeypatch.setattr(fit_module, "fit", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
+    assert main(argv) == 0
+    assert fits == []                                                        # uploaded, not trained again
+    assert not list((tmp_path / "cache" / "fits").glob("*.pt"))              # and the local copy is gone
+    from tests.helpers import private_run
+
+    assert private_run(tmp_path / "out")["samples_protected"] == 300

@@ -18,8 +18,10 @@ import hashlib
 import io
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -238,6 +240,23 @@ def fitted_state(urls: list[str], cfg: MEMConfig, settings: dict[str, Any], reco
         existing = load_fit(record_url, cfg, storage_options)
         existing.info["loaded_from_record"] = True
         return existing
-    state = fit(urls, cfg, settings, storage_options, limits, device, clustered)
+    cached = local_fit_path(record_url, settings)
+    if cached.exists():   # an earlier run fitted these settings and could not upload: upload, do not train again
+        state = torch.load(cached, map_location="cpu", weights_only=False)
+        state.info["loaded_from_local_cache"] = True
+    else:
+        state = fit(urls, cfg, settings, storage_options, limits, device, clustered)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, str(cached) + ".partial")
+        os.replace(str(cached) + ".partial", cached)
     save_fit(record_url, state, run_id, storage_options)
+    cached.unlink(missing_ok=True)   # the record holds it now
     return state
+
+
+def local_fit_path(record_url: str, settings: dict[str, Any]) -> Path:
+    """Where a fit waits for its upload: keyed by the record and the settings' hash, so a rerun after a
+    failed record write uploads it instead of fitting again (``MEMPIPE_CACHE``, default ~/.cache/mempipe)."""
+    root = Path(os.environ.get("MEMPIPE_CACHE", Path.home() / ".cache" / "mempipe"))
+    place = hashlib.sha256(record_url.encode()).hexdigest()[:12]
+    return root / "fits" / f"{place}-{settings_hash(settings)}.pt"

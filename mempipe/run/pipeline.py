@@ -29,6 +29,7 @@ import torch
 
 from .. import __version__
 from ..engine import MEMConfig
+from ..io.retry import StorageError
 from .fit import FitState, fit_summary, fitted_state, refuse_changed_settings, run_settings
 from ..io.images import ImageFormat
 from ..io.locks import OutputLock
@@ -204,7 +205,12 @@ def _run_locked(input_url, output_url, cfg, image_format, storage_options, parti
     summary_ref, fit_ref = fit_task.options(num_gpus=gpus_per_actor, num_returns=2).remote(
         shards, cfg.to_dict(), settings, record_url, run_id, storage_options, limits, _device(gpus_per_actor),
         clustered, cores)
-    fitted = ray.get(summary_ref)
+    try:
+        fitted = ray.get(summary_ref)
+    except ray.exceptions.RayTaskError as exc:   # the fit's storage failure, as one line (exit 3), not Ray's traceback
+        if isinstance(exc.cause, StorageError):
+            raise exc.cause from None
+        raise
     counts = {"protected": 0, "failed": 0, "retries": 0}
     failed_shards: list[dict] = []
     unit_logs: list[dict] = []
