@@ -121,7 +121,18 @@ def _write_once(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
         # one PUT (or a multipart upload that is aborted on error): an object store shows the
         # object under its name only once the upload completed; a file handle's close() would
         # commit whatever was buffered, even after an exception
-        fs.pipe_file(path, data)
+        if type(fs).__name__ == "S3FileSystem":
+            # objects over two parts go up as a multipart upload of PART_BYTES parts, each part its own
+            # request (retried by botocore and s3fs on its own); a part that fails for good aborts the
+            # upload, so no object appears under the name
+            fs.pipe_file(path, data, chunksize=part_bytes())
+        else:
+            fs.pipe_file(path, data)
+
+
+def part_bytes() -> int:
+    """Multipart part size (``MEMPIPE_PART_MB``, default 8 MiB: small enough for a flaky link to carry)."""
+    return max(5, int(os.environ.get("MEMPIPE_PART_MB", "8"))) * 2**20
 
 
 def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
