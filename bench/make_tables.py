@@ -527,7 +527,9 @@ def thief_table(victims=("C", "A", "B")) -> str:
     if not data:
         return "_not run yet_"
     present = [v for v in victims if v in data["table"]]
-    labels = list(dict.fromkeys(label for v in present for label in data["table"][v]))
+    order = ["clean", "random", "random-words"]
+    labels = sorted(dict.fromkeys(label for v in present for label in data["table"][v]),
+                    key=lambda label: (order.index(label) if label in order else len(order), "@" in label))
     head = "| row | what it is | " + " | ".join(f"{v}: gain i2t / t2i (runs) | {v}: share of clean" for v in present) + " |"
     lines = [head, "|---|---|" + "---|---|" * len(present)]
     for label in labels:

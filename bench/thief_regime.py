@@ -263,6 +263,11 @@ def random_words_shards() -> str:
     return str(target)
 
 
+def image_member(members: dict[str, bytes], key: str) -> bytes:
+    """The image bytes of ``key`` in a shard's members, whatever its extension."""
+    return next(members[f"{key}.{ext}"] for ext in ("png", "jpg", "jpeg", "webp") if f"{key}.{ext}" in members)
+
+
 def countermeasure_shards(row: str, name: str) -> str:
     """Row ``row``'s training shards with countermeasure ``name`` applied to every image."""
     from PIL import Image
@@ -275,8 +280,8 @@ def countermeasure_shards(row: str, name: str) -> str:
             samples = []
             with tarfile.open(url) as tar:
                 members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
-            for key in sorted({n.rsplit(".", 1)[0] for n in members}):
-                image = Image.open(io.BytesIO(members[f"{key}.png"])).convert("RGB")
+            for key in sorted({n.rsplit(".", 1)[0] for n in members if n.endswith(".txt")}):
+                image = Image.open(io.BytesIO(image_member(members, key))).convert("RGB")
                 samples.append((key, np.asarray(COUNTERMEASURES[name](image)), members[f"{key}.txt"].decode(), {}))
             write_shard(target / Path(url).name, samples)
         (target / "done").write_text("")
@@ -491,6 +496,45 @@ def goal(table: dict) -> dict:
     return out
 
 
+def diagnose(sets: list[str], victims: list[str]) -> dict:
+    """Why a row protects or not: each public model's contrastive loss (batches of 128, before any
+    fine-tuning) on each training set, seen as the thief's transform shows it (open_clip's own
+    training transform: random resized crop 0.9-1, bicubic) and as the evaluation view (resize).
+    Error-minimising noise that survives the thief lowers the first loss well below clean's."""
+    import open_clip
+    from PIL import Image
+
+    from mempipe.engine.losses import clip_loss
+
+    out: dict = {}
+    torch.manual_seed(0)
+    for letter in victims:
+        model = load_public(letter)
+        _, train_view, eval_view = open_clip.create_model_and_transforms(
+            f"local-dir:{local_dir(letter)}")
+        out[letter] = {}
+        for name in sets:
+            urls = shard_urls(row_shards(name))
+            losses = {"thief": [], "eval": []}
+            for url in urls:
+                with tarfile.open(url) as tar:
+                    members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+                keys = sorted({n.rsplit(".", 1)[0] for n in members if n.endswith(".txt")})
+                images = [Image.open(io.BytesIO(image_member(members, k))).convert("RGB") for k in keys]
+                tokens = tokens_for([members[f"{k}.txt"].decode() for k in keys], model.context_length)
+                for start in range(0, len(keys) - 127, 128):
+                    batch = slice(start, start + 128)
+                    with torch.no_grad():
+                        text = model.encode_text(tokens[batch])
+                        for view, transform in (("thief", train_view), ("eval", eval_view)):
+                            x = torch.stack([transform(im) for im in images[batch]])
+                            image = torch.nn.functional.normalize(model.clip.encode_image(x), dim=-1)
+                            losses[view].append(float(clip_loss(image, text, model.logit_scale())))
+            out[letter][name] = {view: round(float(np.mean(v)), 4) for view, v in losses.items()}
+            print(letter, name, out[letter][name], flush=True)
+    return out
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calibrate", help="calibration rows to run: clean, random-words or both")
@@ -500,6 +544,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--victims", default="A,B,C")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--out", help="partial row file")
+    ap.add_argument("--diagnose", help="comma-separated rows: each public model's loss on their training sets "
+                                       "-> bench/results/thief_diagnosis.json")
     ap.add_argument("--report", help="comma-separated row files -> bench/results/effectiveness_thief.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -507,6 +553,10 @@ def main(argv: list[str]) -> int:
     victims = args.victims.split(",")
     if args.freeze:
         print(json.dumps(freeze([Path(p) for p in args.freeze.split(",")])["table"], indent=1))
+        return 0
+    if args.diagnose:
+        body = {"meta": meta(), "loss": diagnose(args.diagnose.split(","), victims)}
+        (RESULTS / "thief_diagnosis.json").write_text(json.dumps(body, indent=1))
         return 0
     if args.report:
         body = report([Path(p) for p in args.report.split(",")])

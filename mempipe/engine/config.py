@@ -232,13 +232,14 @@ PRESETS: dict[str, MEMConfig] = {
     # A small surrogate at 64 px, sized to protect 2,000 samples in minutes on 2 CPU cores. Trigger
     # scope 'cluster': the scope with the lowest victim R@10 in bench/results/effectiveness.json.
     "cpu-tiny": MEMConfig(trigger_scope="cluster"),
-    # Against a thief who fine-tunes a pretrained CLIP the owner cannot name, with its own training
-    # transform: error-minimising noise against frozen pretrained surrogates (one or an ensemble), 5 rounds
-    # of 4 PGD steps through random resized crops and flips of the image at twice the model's input.
-    # Needs a pretrained surrogate (--surrogate ARCH:TAG | local-dir:DIR, or --checkpoint).
+    # Against a thief who fine-tunes a pretrained CLIP with its own trainer: error-minimising noise against
+    # the frozen pretrained surrogate(s), 5 rounds of 4 PGD steps, applied to each image's centre square.
+    # The thief table (docs/thief.md) decided it: the best row measured against open_clip_train; the crop
+    # in the loop (--transform crop) and an ensemble measured weaker there. It protects partly against the
+    # surrogate's own model and nothing measured against a held-out family. Needs a pretrained surrogate.
     "finetune-thief": MEMConfig(method="em", arch="ViT-B-32", image_size=224, context_length=77, epsilon=8, alpha=1,
-                                pgd_steps=4, outer_iters=5, train_steps=0, unit_train_steps=0, transform="crop",
-                                crop_scale=0.5, batch_size=128, unit_size=2048),
+                                pgd_steps=4, outer_iters=5, train_steps=0, unit_train_steps=0,
+                                batch_size=128, unit_size=2048),
     # The authors' fine-tune recipe (operation_finetune.txt): a pretrained CLIP as the surrogate,
     # 10 rounds x 50 surrogate steps at lr 1e-5 (on the fit sample; frozen inside units), HotFlip in
     # the first 2 rounds with 6 candidates. Needs --checkpoint (and --model-config for your own model).
@@ -249,8 +250,9 @@ PRESETS: dict[str, MEMConfig] = {
 PRETRAINED_PRESETS = ("finetune", "finetune-thief")
 # what each preset protects against, for --help (measured in docs/effectiveness.md)
 PRESET_THREATS = {
-    "finetune-thief": "a thief fine-tuning a pretrained CLIP with its own crops (needs a pretrained --surrogate); "
-                      "the default when one is given",
+    "finetune-thief": "a thief fine-tuning the surrogate's own pretrained model with open_clip_train (keeps about "
+                      "a third of clean's gain there; nothing measured against another family); the default with a "
+                      "pretrained --surrogate",
     "finetune": "the authors' MEM fine-tune recipe (needs a pretrained surrogate); measured: white-box only",
     "cpu-tiny": "quick trials on a CPU; MEM against a tiny model trained from scratch: protects nothing measured",
     "paper": "the paper's from-scratch MEM at 224 px with RN50 (a GPU run)",
