@@ -205,11 +205,14 @@ def test_every_engine_setting_is_an_option_and_a_config_key_with_the_same_bounds
                "trigger_vocab": "common", "pgd_objective": "trigger", "conv_kernel": 5, "conv_blur": 0.1,
                "batch_size": 16, "lr": 0.001, "weight_decay": 0.2, "unit_size": 99, "candidate_chunk": 2,
                "pgd_batch_size": 8, "precision": "bf16", "compile": True, "surrogate": "per-unit",
-               "unit_train_steps": 3, "seed": 9}
+               "unit_train_steps": 3, "seed": 9, "noise_size": 64, "transform": "crop", "crop_scale": 0.6,
+               "transform_jpeg": 0.1, "transform_gray": 0.2, "ensemble": "", "ensemble_reduce": "max"}
     names = [name for name, *_ in MEMConfig.field_specs()]
     assert sorted(names) == sorted(changed)  # a new setting must be added here, and so reaches both paths
     argv = ["protect", "in", "out"]
     for name, value in changed.items():
+        if name == "ensemble":   # named models through --surrogate (tests/test_surrogate_names.py)
+            continue
         flag = "--" + name.replace("_", "-")
         argv += [flag] if value is True else [flag, str(value)]
     from_cli = engine_config(build_parser().parse_args(argv))
