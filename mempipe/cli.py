@@ -193,14 +193,14 @@ def surrogate_overrides(values: list[str]) -> dict:
     modes = [v for v in values if v in ("shared", "per-unit")]
     models = [v for v in values if v not in ("shared", "per-unit")]
     out: dict = {"surrogate": modes[-1]} if modes else {}
-    for name in models:
-        if names.is_named(name):
-            names.check_available(name)
+    configs = {name: names.model_config(name) for name in models if names.is_named(name)}
+    for name, config in configs.items():
+        names.check_available(name, config)
     if models:
         first = models[0]
         out["arch"] = first
-        if names.is_named(first):
-            out.update(names.sizes(first))
+        if first in configs:
+            out.update(names.sizes(first, configs[first]))
         out["ensemble"] = ",".join(models[1:])
     return out
 

@@ -125,10 +125,6 @@ class MEMConfig:
         return bool(self.checkpoint) or self.arch.startswith(("local-dir:", "hf-hub:")) or ":" in self.arch
 
     @property
-    def ensemble_names(self) -> list[str]:
-        return [name.strip() for name in self.ensemble.split(",") if name.strip()]
-
-    @property
     def stored_size(self) -> int:
         """The resolution of the images and the noise the engine works on: ``noise_size``, or the
         model's input (twice it with the crop transform, so that crops resample the noise)."""

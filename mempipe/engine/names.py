@@ -23,10 +23,6 @@ class ModelName:
     model: str              # what open_clip.create_model takes as its model name
     pretrained: str | None  # a tag (or None)
 
-    @property
-    def text(self) -> str:
-        return f"{self.model}:{self.pretrained}" if self.pretrained else self.model
-
 
 def is_named(name: str) -> bool:
     """A name this module resolves (a schema, or ARCH:TAG), as opposed to a bare architecture."""
@@ -70,9 +66,10 @@ def model_config(name: str) -> dict:
     return {"model_cfg": config, "preprocess_cfg": {k: preprocess[k] for k in ("mean", "std") if k in preprocess}}
 
 
-def sizes(name: str) -> dict:
-    """The image size and context length the named model was built for."""
-    config = model_config(name)["model_cfg"]
+def sizes(name: str, config: dict | None = None) -> dict:
+    """The image size and context length the named model was built for (``config``: its
+    ``model_config``, when the caller has read it already)."""
+    config = (config or model_config(name))["model_cfg"]
     size = config["vision_cfg"].get("image_size", 224)
     return {"image_size": int(size if isinstance(size, int) else size[0]),
             "context_length": int(config["text_cfg"].get("context_length", 77))}
@@ -113,8 +110,9 @@ def check_reachable(name: str, timeout: float = 3.0) -> None:
                          "--model-config FILE.json --checkpoint WEIGHTS.pt") from None
 
 
-def check_available(name: str) -> None:
+def check_available(name: str, config: dict | None = None) -> None:
     """Everything a run needs to build the named model is here, or can be fetched: checked before any shard is read."""
-    model_config(name)
+    if config is None:
+        model_config(name)
     if not cached(name):
         check_reachable(name)

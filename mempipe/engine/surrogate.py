@@ -189,12 +189,12 @@ def build_model(arch: str, image_size: int, context_length: int, checkpoint: str
 
 def build_named(name: str, image_size: int | None = None, context_length: int | None = None) -> ClipModel:
     """A surrogate named as open_clip names it (see ``names``), with its own normalisation."""
-    config = names.model_config(name)
-    built = names.sizes(name)
+    config = names.model_config(name)   # read once: the sizes, the availability check and the normalisation use it
+    built = names.sizes(name, config)
     if image_size is not None and (image_size, context_length) != (built["image_size"], built["context_length"]):
         raise ValueError(f"{name} is built for {built['image_size']} px and {built['context_length']} tokens, "
                          f"not {image_size} px and {context_length} tokens")
-    names.check_available(name)
+    names.check_available(name, config)
     parsed = names.parse(name)
     clip = open_clip.create_model(parsed.model, pretrained=parsed.pretrained)
     preprocess = config["preprocess_cfg"]
