@@ -201,11 +201,20 @@ def read_shard(url: str, size: int | None = None):
     return images, captions, keys
 
 
+def variant_seed(name: str) -> tuple[str, int]:
+    """``em-A~p1`` is variant ``em-A`` protected again with protection seed 1 (``em-A`` is seed 0)."""
+    base, _, seed = name.partition("~p")
+    if base not in VARIANTS or (seed and not seed.isdigit()):
+        raise SystemExit(f"unknown variant {name!r}: variants {list(VARIANTS)}, optionally ~pN (protection seed)")
+    return base, int(seed or 0)
+
+
 def protect_variant(name: str) -> dict:
     """Protect the owner's training shards with one variant (noise and, for MEM, trigger captions);
     shard by shard, units of 500 pairs. Writes ``sets/NAME/images`` (original captions) and, with a
     trigger, ``sets/NAME/triggered``. Returns its record (seconds, max |delta|, PSNR)."""
-    overrides, surrogates = VARIANTS[name]
+    base, protect_seed = variant_seed(name)
+    overrides, surrogates = VARIANTS[base]
     target = WORK / "sets" / name
     record_path = target / "record.json"
     if record_path.exists():
@@ -220,7 +229,7 @@ def protect_variant(name: str) -> dict:
     for i, url in enumerate(shard_urls(owner_data()["train"])):
         native, captions, keys = read_shard(url)
         work = native if cfg.stored_size == OWNER["size"] else read_shard(url, cfg.image_size)[0]
-        result = protect_unit(work, captions, cfg.with_overrides(seed=i), surrogate=members[0] if members else None,
+        result = protect_unit(work, captions, cfg.with_overrides(seed=i + 1000 * protect_seed), surrogate=members[0] if members else None,
                               ensemble=members[1:])
         triggers = [""] * len(keys)
         if cfg.uses_trigger:
@@ -242,7 +251,7 @@ def protect_variant(name: str) -> dict:
         if triggered:
             write_shard(target / "triggered" / Path(url).name, triggered)
         print(f"{name}: shard {i} done ({time.time() - started:.0f}s)", flush=True)
-    record = {"variant": name, "surrogates": list(surrogates), "config": {**ENGINE, **overrides},
+    record = {"variant": name, "protect_seed": protect_seed, "surrogates": list(surrogates), "config": {**ENGINE, **overrides},
               "seconds": round(time.time() - started, 1), "seconds_per_sample": round((time.time() - started) / OWNER["train"], 4),
               "max_delta": max(deltas), "psnr_mean": round(float(np.mean(psnrs)), 3)}
     record_path.write_text(json.dumps(record, indent=1))
@@ -289,22 +298,46 @@ def countermeasure_shards(row: str, name: str) -> str:
 
 
 def row_label(row: str) -> tuple[str, str | None]:
+    """Row ``X~pN@C``: row X, its images protected with protection seed N, countermeasure C applied."""
     base, _, countermeasure = row.partition("@")
-    if base not in ROWS or (countermeasure and countermeasure not in COUNTERMEASURES):
-        raise SystemExit(f"unknown row {row!r}: rows {list(ROWS)}, optionally @{'|@'.join(COUNTERMEASURES)}")
+    base, _, protect_seed = base.partition("~p")
+    if (base not in ROWS or (countermeasure and countermeasure not in COUNTERMEASURES)
+            or (protect_seed and not (protect_seed.isdigit() and ROWS[base][0] in VARIANTS))):
+        raise SystemExit(f"unknown row {row!r}: rows {list(ROWS)}, optionally ~pN (protection seed, "
+                         f"optimised rows) and @{'|@'.join(COUNTERMEASURES)}")
     return base, countermeasure or None
 
 
+def protect_seed(row: str) -> int:
+    seed = row.partition("@")[0].partition("~p")[2]
+    return int(seed or 0)
+
+
+def pooled(row: str) -> str:
+    """The row without its protection seed: ``em-A~p1@jpeg75`` -> ``em-A@jpeg75``."""
+    head, at, countermeasure = row.partition("@")
+    return head.partition("~p")[0] + at + countermeasure
+
+
+def row_images(row: str) -> str:
+    """The protected set a row's images come from, with its protection seed."""
+    base, _, protect_seed = row.partition("@")[0].partition("~p")
+    images_from = ROWS[base][0]
+    return f"{images_from}~p{protect_seed}" if protect_seed else images_from
+
+
 def row_shards(row: str) -> str:
-    base, countermeasure = row_label(row)
+    countermeasure = row_label(row)[1]
     if countermeasure:
-        return countermeasure_shards(base, countermeasure)
-    images_from, captions_from, _ = ROWS[row]
+        return countermeasure_shards(row.partition("@")[0], countermeasure)
+    base = row_label(row)[0]
+    _, captions_from, _ = ROWS[base]
+    images_from = row_images(row)
     if row == "clean":
         return owner_data()["train"]
     if row == "random-words":
         return random_words_shards()
-    sub = "triggered" if captions_from == images_from else "images"
+    sub = "triggered" if captions_from == ROWS[base][0] else "images"
     return str(WORK / "sets" / images_from / sub)
 
 
@@ -437,14 +470,16 @@ def report(parts: list[Path]) -> dict:
     frozen = json.loads(FROZEN.read_text())
     rows += [r for r in frozen["runs"] if (r["row"], r["victim"], r["seed"]) not in
              {(x["row"], x["victim"], x["seed"]) for x in rows}]
-    protection = {name: json.loads((WORK / "sets" / name / "record.json").read_text())
-                  for name in VARIANTS if (WORK / "sets" / name / "record.json").exists()}
+    protection = {path.parent.name: json.loads(path.read_text())
+                  for path in sorted((WORK / "sets").glob("*/record.json"))}
     table: dict = {}
     for victim in sorted({r["victim"] for r in rows}):
         table[victim] = {}
-        for label in dict.fromkeys(r["row"] for r in rows if r["victim"] == victim):
-            runs = [r for r in rows if (r["victim"], r["row"]) == (victim, label)]
+        # a row's protection seeds are pooled with its fine-tune seeds: "em-A" and "em-A~p1" are one row
+        for label in dict.fromkeys(pooled(r["row"]) for r in rows if r["victim"] == victim):
+            runs = [r for r in rows if (r["victim"], pooled(r["row"])) == (victim, label)]
             table[victim][label] = {"what": runs[0]["what"], "seeds": len(runs),
+                                    "protect_seeds": sorted({protect_seed(r["row"]) for r in runs}),
                                     **{split: gain_stats(runs, split) for split in ("clean", "prefixed")},
                                     "final_loss": stats([r["loss_curve"][-1] for r in runs]),
                                     "open_clip_val_R@10": {d: stats([100 * r["open_clip_val"][-1][f"{k}_R@10"] for r in runs])
@@ -577,9 +612,8 @@ def main(argv: list[str]) -> int:
     if args.rows:
         rows = args.rows.split(",")
         for row in rows:
-            images_from = ROWS[row_label(row)[0]][0]
-            if images_from in VARIANTS:
-                protect_variant(images_from)
+            if ROWS[row_label(row)[0]][0] in VARIANTS:
+                protect_variant(row_images(row))
         run_rows(rows, victims, seeds, Path(args.out or RESULTS / "partial" / "thief_rows.json"))
     return 0
 
