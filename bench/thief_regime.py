@@ -73,6 +73,9 @@ VARIANTS = {
     "em-A-crop": ({"method": "em", **CROP}, ("A",)),
     "em-AB-crop": ({"method": "em", **CROP}, ("A", "B")),
     "memj-AB-crop": ({"method": "mem", "trigger_len": 3, "pgd_objective": "joint", **CROP}, ("A", "B")),
+    # one error-minimising noise per k-means cluster of a unit (20 clusters of ~25 pairs): a pattern
+    # shared by pairs of like captions, a shortcut any model may pick up (the Unlearnable Clusters idea)
+    "em-AB-cluster": ({"method": "em", "noise_scope": "cluster", **CROP}, ("A", "B")),
 }
 # row -> (images from, captions from, what it is); the training shards are written once per row
 ROWS = {
@@ -84,6 +87,7 @@ ROWS = {
     "em-AB-crop": ("em-AB-crop", "clean", "EM against the ensemble A+B, crop in the loop, at 64 px"),
     "memj-AB-crop": ("memj-AB-crop", "memj-AB-crop", "MEM-3 joint objective, A+B, crop in the loop: noise and trigger"),
     "memj-AB-crop+orig": ("memj-AB-crop", "clean", "memj-AB-crop's images with the original captions restored"),
+    "em-AB-cluster": ("em-AB-cluster", "clean", "EM, one noise per cluster of ~25 like pairs, A+B, crop in the loop"),
 }
 CALIBRATION_ROWS = ("clean", "random-words")
 
@@ -117,7 +121,7 @@ COUNTERMEASURES = {
     "jpeg10bits": lambda im: _jpeg(_bits(im, 3), 10),   # ISS's strongest: 3-bit depth, then JPEG 10
     "blur": _blur,
 }
-CONTROL_OF = {"em-A": "random", "em-A-crop": "random", "em-AB-crop": "random", "memj-AB-crop+orig": "random",
+CONTROL_OF = {"em-A": "random", "em-AB-cluster": "random", "em-A-crop": "random", "em-AB-crop": "random", "memj-AB-crop+orig": "random",
               "memj-AB-crop": "random-words"}
 
 

@@ -8,8 +8,12 @@ does on a bad day, instead of forwarding:
 - ``stall``: nothing is sent for ``stall_seconds`` (past the client's read timeout), then reset;
 - ``cut``: the upstream answer's headers and part of its body, then a reset (a body cut midway).
 
+Independently, ``midstream_rate`` is the chance that a connection is reset during each 64 KB of a
+body on its way, up (a PUT or a part) or down (a GET): the longer the transfer, the surer a reset,
+as on a flaky link.
+
 ``fail_always`` names path fragments whose requests always fail (a shard that cannot be read).
-Counts of forwarded requests and of each fault are kept for the report.
+Counts of forwarded requests, of each fault and of body bytes carried are kept for the report.
 """
 from __future__ import annotations
 
@@ -24,14 +28,21 @@ from collections import Counter
 from urllib.parse import urlsplit
 
 FAULTS = ("reset", "503", "stall", "cut")
+CHUNK = 64 * 1024
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
 
+class _MidstreamReset(Exception):
+    """The proxy drops the connection partway through a request body."""
+
+
 class FaultProxy:
-    def __init__(self, upstream: str, rate: float = 0.0, seed: int = 0, faults=FAULTS, stall_seconds: float = 3.0):
+    def __init__(self, upstream: str, rate: float = 0.0, seed: int = 0, faults=FAULTS, stall_seconds: float = 3.0,
+                 midstream_rate: float = 0.0):
         parts = urlsplit(upstream)
         self.upstream_host, self.upstream_port = parts.hostname, parts.port
         self.rate, self.faults, self.stall_seconds = rate, tuple(faults), stall_seconds
+        self.midstream_rate = midstream_rate
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.counts: Counter = Counter()
@@ -54,7 +65,17 @@ class FaultProxy:
                             return b"".join(chunks)
                         chunks.append(self.rfile.read(size))
                         self.rfile.readline()
-                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                length, chunks = int(self.headers.get("Content-Length") or 0), []
+                while length > 0:   # 64 KB at a time: a reset may come in mid-upload
+                    chunk = self.rfile.read(min(CHUNK, length))
+                    proxy.carried("up", len(chunk))
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    length -= len(chunk)
+                    if proxy.midstream("up"):
+                        raise _MidstreamReset
+                return b"".join(chunks)
 
             def _reset(self) -> None:
                 try:
@@ -65,7 +86,10 @@ class FaultProxy:
                 self.close_connection = True
 
             def _handle(self) -> None:
-                body = self._body()
+                try:
+                    body = self._body()
+                except _MidstreamReset:
+                    return self._reset()
                 fault = proxy.decide(self.path)
                 if fault == "reset":
                     return self._reset()
@@ -101,7 +125,12 @@ class FaultProxy:
                     self.wfile.flush()
                     return self._reset()
                 if self.command != "HEAD":
-                    self.wfile.write(data)
+                    for start in range(0, len(data), CHUNK):   # a reset may come in mid-download
+                        self.wfile.write(data[start:start + CHUNK])
+                        proxy.carried("down", len(data[start:start + CHUNK]))
+                        if start + CHUNK < len(data) and proxy.midstream("down"):
+                            self.wfile.flush()
+                            return self._reset()
 
             def handle_one_request(self) -> None:
                 try:
@@ -127,6 +156,20 @@ class FaultProxy:
                 self.counts[f"fault:{fault}"] += 1
                 return fault
             return None
+
+    def midstream(self, direction: str) -> bool:
+        """Whether the connection is reset after this 64 KB of a body going ``direction``."""
+        if not self.midstream_rate:
+            return False
+        with self.lock:
+            if self.rng.random() < self.midstream_rate:
+                self.counts[f"fault:midstream-{direction}"] += 1
+                return True
+        return False
+
+    def carried(self, direction: str, n: int) -> None:
+        with self.lock:
+            self.counts[f"bytes_{direction}"] += n
 
     def faults_injected(self) -> int:
         return sum(v for k, v in self.counts.items() if k.startswith("fault:"))

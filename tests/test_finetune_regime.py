@@ -150,9 +150,16 @@ def test_finetune_preset_protects_against_the_pretrained_surrogate_as_given(publ
     record = private_run(out)
     assert record["config"]["arch"] == "public-test" and record["config"]["image_size"] == SIZE
     assert record["config"]["lr"] == 1e-5 and record["config"]["candidates"] == 6    # the authors' fine-tune values
-    surrogate = torch.load(record["surrogate"]["checkpoint"], weights_only=True)["state_dict"]
+    # a pretrained surrogate used as given is named in the record, not uploaded again
+    assert record["surrogate"]["checkpoint"] == "as given (not stored)"
+    assert not (tmp_path / "out_mempipe_record" / "surrogate.pt").exists()
+    from mempipe.engine import MEMConfig
+    from mempipe.run.fit import load_fit
+
+    state = load_fit(str(tmp_path / "out_mempipe_record"), MEMConfig(**record["config"]), None)
     given = torch.load(public["checkpoint"], weights_only=True)["state_dict"]
-    assert all(torch.equal(surrogate[k], v) for k, v in given.items())    # the public model, never one from scratch
+    loaded = state.surrogate.clip.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in given.items())    # the public model, never one from scratch
 
 
 def test_calibration_freezes_by_clean_and_control_alone_and_the_two_sd_rule():

@@ -381,13 +381,13 @@ def unit_config(cfg: MEMConfig) -> MEMConfig:
 def bootstrap_features(images: torch.Tensor, captions: list[str], cfg: MEMConfig, steps: int,
                        device: str | torch.device = "cpu") -> tuple[ClipModel, torch.Tensor]:
     """A feature model for clustering: a surrogate trained ``steps`` batches on clean pairs
-    (or the checkpoint as given when ``cfg.checkpoint`` is set), and the features of the sample."""
+    (or the pretrained surrogate as given), and the features of the sample."""
     device = torch.device(device)
     generator = torch.Generator().manual_seed(cfg.seed)
     clean = cfg.with_overrides(method="em", train_steps=steps)
     unit = _Unit(images, captions, clean, device)
     model = surrogate_for(clean.with_overrides(compile=False), device, unit)   # a few steps: compiling would not pay
-    if not cfg.checkpoint and steps > 0:
+    if not cfg.pretrained_surrogate and steps > 0:
         opt = surrogate_optimizer(model, cfg, device)
         _train_surrogate(model, opt, unit, clean, generator, device)
     model.eval()

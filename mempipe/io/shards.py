@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from .. import __version__
 from .images import IMAGE_EXTENSIONS
-from .storage import filesystem, join, write_bytes_atomic
+from .storage import filesystem, join, open_for_reading, write_bytes_atomic
 
 _MEMBER = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's key/extension split
 FIXED_MTIME = 0  # identical bytes on every rerun
@@ -222,7 +222,7 @@ def iter_shard(url: str, storage_options: dict | None = None,
             yield RawSample(key=f"{name}/<truncated>", shard=name, error=reason)
 
     try:
-        raw = fs.open(path, "rb")
+        raw = open_for_reading(fs, path)
     except Exception as exc:
         raise ShardReadError(f"cannot open {url}: {type(exc).__name__}: {exc}") from exc
     with raw:

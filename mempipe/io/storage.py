@@ -7,6 +7,7 @@ never logged: use :func:`redact` before printing or recording options.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import uuid
@@ -53,9 +54,34 @@ def _with_env_endpoint(url: str, options: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+# what a retry is counted as: a part of a large object (an upload part, a ranged read) or a request
+PART_OPERATIONS = ("UploadPart", "GetObject")
+
+
+def _retry_kind(event_name: str) -> str:
+    operation = event_name.rsplit(".", 1)[-1]
+    return "s3 part (botocore)" if operation in PART_OPERATIONS else "s3 request (botocore)"
+
+
+class _S3fsRetries(logging.Filter):
+    """Counts the retries s3fs makes itself (a ranged read whose body was cut, a throttled call),
+    which it reports only as debug lines; every other line passes at the level it passed before."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.DEBUG and record.msg in ("Retryable error: %s", "Client error (maybe retryable): %s"):
+            from .retry import retry_counts
+
+            retry_counts["s3 part or call (s3fs)"] += 1
+        return record.levelno >= self.level
+
+
 def _count_request_retries(fs: fsspec.AbstractFileSystem) -> None:
-    """Count botocore's own request retries (attempts sent minus API calls made) into the run's
-    retry counts; registered once per S3 client."""
+    """Count botocore's own request retries (attempts sent minus API calls made, parts apart from
+    other requests) and s3fs's retries into the run's retry counts; registered once per S3 client."""
     if getattr(fs, "_mempipe_counting", False):
         return
     from .retry import retry_counts
@@ -63,14 +89,18 @@ def _count_request_retries(fs: fsspec.AbstractFileSystem) -> None:
     fs.connect()
     events = fs.s3.meta.events
 
-    def on_call(**_):
-        retry_counts["s3 request (botocore)"] -= 1
+    def on_call(event_name: str = "", **_):
+        retry_counts[_retry_kind(event_name)] -= 1
 
-    def on_send(**_):
-        retry_counts["s3 request (botocore)"] += 1
+    def on_send(event_name: str = "", **_):
+        retry_counts[_retry_kind(event_name)] += 1
 
     events.register("before-call.s3", on_call)
     events.register("before-send.s3", on_send)
+    s3fs_log = logging.getLogger("s3fs")
+    if not any(isinstance(f, _S3fsRetries) for f in s3fs_log.filters):
+        s3fs_log.addFilter(_S3fsRetries(s3fs_log.getEffectiveLevel()))
+        s3fs_log.setLevel(logging.DEBUG)
     fs._mempipe_counting = True
 
 
@@ -78,7 +108,7 @@ def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple
     """Return ``(fs, path)`` for a URL; ``path`` is what the filesystem's methods take."""
     options = _with_env_endpoint(url, dict(storage_options or {}))
     fs, path = url_to_fs(url, **options)
-    if type(fs).__name__ == "S3FileSystem":
+    if is_s3(fs):
         _count_request_retries(fs)
     return fs, path.rstrip("/") if path not in ("/",) else path
 
@@ -121,7 +151,7 @@ def _write_once(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
         # one PUT (or a multipart upload that is aborted on error): an object store shows the
         # object under its name only once the upload completed; a file handle's close() would
         # commit whatever was buffered, even after an exception
-        if type(fs).__name__ == "S3FileSystem":
+        if is_s3(fs):
             # objects over two parts go up as a multipart upload of PART_BYTES parts, each part its own
             # request (retried by botocore and s3fs on its own); a part that fails for good aborts the
             # upload, so no object appears under the name
@@ -142,13 +172,33 @@ def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) ->
     with_retries(f"write {path.rsplit('/', 1)[-1]}", lambda: _write_once(fs, path, data))
 
 
+def is_s3(fs: fsspec.AbstractFileSystem) -> bool:
+    return type(fs).__name__ == "S3FileSystem"
+
+
+def open_for_reading(fs: fsspec.AbstractFileSystem, path: str):
+    """A file to stream from. On S3 it reads in ranged GETs of one part each (``MEMPIPE_PART_MB``),
+    each retried by s3fs on its own: a reset in mid-transfer costs one part, not the object."""
+    return fs.open(path, "rb", block_size=part_bytes()) if is_s3(fs) else fs.open(path, "rb")
+
+
+def _read_in_parts(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+    if not is_s3(fs):
+        return fs.cat_file(path)
+    chunks = []
+    with open_for_reading(fs, path) as f:
+        while chunk := f.read(part_bytes()):   # one ranged GET per part (a whole read() would be one GET)
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
-    """A whole small file (records, checkpoints), I/O errors retried; a missing file is not retried."""
+    """A whole file (records, checkpoints), in parts on S3; I/O errors retried, a missing file not."""
     from .retry import with_retries
 
     def once() -> bytes:
         try:
-            return fs.cat_file(path)
+            return _read_in_parts(fs, path)
         except FileNotFoundError as exc:
             raise _Missing(str(exc)) from None
 

@@ -8,6 +8,10 @@ private record before any shard is protected.
       -> triggers: global, or one per cluster, searched by HotFlip against the shared surrogate
       -> RECORD/fit.json, RECORD/features.pt, RECORD/surrogate.pt
 
+A model the fit trained is stored in half precision, and the run uses it rounded the same way, so
+a resumed run (which loads it) protects exactly as the first did; the file is half the size. A
+pretrained model used as given is not stored at all: the record names it, and a resume rebuilds it.
+
 A resumed or incremental run loads this state instead of fitting again, so every shard of an
 output is protected against the same centroids, triggers and surrogate. A rerun whose settings
 differ from the fitted ones is refused (the settings are hashed), naming what differs.
@@ -76,6 +80,9 @@ class FitState:
     surrogate: ClipModel | None = None
     features: ClipModel | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    # pretrained models used as given: named in the record, rebuilt on load, never uploaded
+    surrogate_as_given: bool = False
+    features_as_given: bool = False
 
     def cluster_trigger_table(self, clusters: list[int]) -> torch.Tensor | None:
         """k ids per listed cluster (rows in the order given), for units that hold several clusters."""
@@ -123,7 +130,9 @@ def fit(urls: list[str], cfg: MEMConfig, settings: dict[str, Any], storage_optio
     started = time.time()
     state = FitState(settings, settings_hash(settings))
     needs_model = cfg.method != "random"
-    size = max(FEATURE_SAMPLE if clustered else 0, cfg.unit_size if needs_model else 0)
+    frozen = needs_model and cfg.surrogate == "shared" and cfg.pretrained_surrogate and cfg.train_steps == 0
+    # a frozen pretrained surrogate learns nothing from the data: no sample is read for it
+    size = max(FEATURE_SAMPLE if clustered else 0, cfg.unit_size if needs_model and not frozen else 0)
     if cfg.uses_trigger and cfg.trigger_scope == "global":
         size = max(size, min(cfg.unit_size, FEATURE_SAMPLE))
     sample = draw_sample(urls, size, cfg.seed, storage_options, limits, cfg.stored_size) if size else []
@@ -133,12 +142,16 @@ def fit(urls: list[str], cfg: MEMConfig, settings: dict[str, Any], storage_optio
     sample_clusters = None
     if clustered and sample:
         model, feats = bootstrap_features(images, captions, cfg, steps=max(1, cfg.train_steps), device=device)
-        state.features = model.cpu().eval()
+        state.features, state.features_as_given = model.cpu().eval(), cfg.pretrained_surrogate
+        if not state.features_as_given:
+            round_to_stored(state.features)
         ids, centroids = kmeans(feats, min(cfg.clusters, len(sample)), cfg.seed)
         state.centroids, sample_clusters = np.asarray(centroids, dtype=np.float32), ids
-    if needs_model and cfg.surrogate == "shared" and sample:
+    if frozen:
+        state.surrogate, state.surrogate_as_given = train_shared_surrogate(None, [], cfg, device).cpu().eval(), True
+    elif needs_model and cfg.surrogate == "shared" and sample:
         head = slice(0, cfg.unit_size)
-        state.surrogate = train_shared_surrogate(images[head], captions[head], cfg, device).cpu().eval()
+        state.surrogate = round_to_stored(train_shared_surrogate(images[head], captions[head], cfg, device).cpu().eval())
     if cfg.uses_trigger and sample and state.surrogate is not None:
         # HotFlip against the shared surrogate on the sample: no min-min of its own
         search = unit_config(cfg)
@@ -157,9 +170,25 @@ def fit(urls: list[str], cfg: MEMConfig, settings: dict[str, Any], storage_optio
 
 # ---------------------------------------------------------------- the record
 
+STORED_DTYPE = torch.float16
+AS_GIVEN = "as-given"   # fit.json's entry for a pretrained model that the record does not store
+
+
+def round_to_stored(model: ClipModel) -> ClipModel:
+    """Round the model's floating-point weights through the stored precision, in place: the run
+    then uses exactly the weights that a resume will load."""
+    with torch.no_grad():
+        for tensor in model.clip.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.to(STORED_DTYPE))
+    return model
+
+
 def _save_model(fs, prefix: str, name: str, model: ClipModel) -> None:
     buf = io.BytesIO()
-    torch.save({"state_dict": {k: v.detach().cpu() for k, v in model.clip.state_dict().items()}}, buf)
+    state = {k: v.detach().cpu().to(STORED_DTYPE) if v.is_floating_point() else v.detach().cpu()
+             for k, v in model.clip.state_dict().items()}
+    torch.save({"state_dict": state}, buf)
     write_bytes_atomic(fs, join(prefix, name), buf.getvalue())
 
 
@@ -169,23 +198,34 @@ def _load_model(fs, prefix: str, name: str, cfg: MEMConfig) -> ClipModel | None:
     except FileNotFoundError:
         return None
     model = build_model(cfg.arch, cfg.image_size, cfg.context_length, model_config=cfg.model_config)
+    # load_state_dict copies into the model's float32 weights: the half-precision values exactly
     model.clip.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)["state_dict"])
     return model.eval()
+
+
+def _pretrained_as_given(cfg: MEMConfig) -> ClipModel:
+    return build_model(cfg.arch, cfg.image_size, cfg.context_length, cfg.checkpoint,
+                       model_config=cfg.model_config).eval()
 
 
 def save_fit(record_url: str, state: FitState, run_id: str, storage_options: dict | None) -> None:
     """Weights first, then fit.json (the marker that the fit is complete)."""
     fs, prefix = filesystem(record_url, storage_options)
-    if state.features is not None:
+    if state.features is not None and not state.features_as_given:
         _save_model(fs, prefix, FEATURES_FILE, state.features)
-    if state.surrogate is not None:
+    if state.surrogate is not None and not state.surrogate_as_given:
         _save_model(fs, prefix, SURROGATE_FILE, state.surrogate)
+
+    def entry(model, as_given: bool, name: str):
+        return None if model is None else AS_GIVEN if as_given else name
+
     body = {"config_hash": state.config_hash, "settings": state.settings, "run_id": run_id,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "centroids": None if state.centroids is None else state.centroids.tolist(),
             "triggers": state.triggers, "trigger_text": {k: decode_trigger(v) for k, v in state.triggers.items()},
-            "sample_keys": state.sample_keys, "features": FEATURES_FILE if state.features is not None else None,
-            "surrogate": SURROGATE_FILE if state.surrogate is not None else None, "info": state.info}
+            "sample_keys": state.sample_keys,
+            "features": entry(state.features, state.features_as_given, FEATURES_FILE),
+            "surrogate": entry(state.surrogate, state.surrogate_as_given, SURROGATE_FILE), "info": state.info}
     write_bytes_atomic(fs, join(prefix, FIT_FILE), json.dumps(body, indent=1).encode())
 
 
@@ -198,10 +238,12 @@ def load_fit(record_url: str, cfg: MEMConfig, storage_options: dict | None) -> F
     state = FitState(body["settings"], body["config_hash"],
                      None if body["centroids"] is None else np.asarray(body["centroids"], dtype=np.float32),
                      {k: list(v) for k, v in body["triggers"].items()}, body["sample_keys"], info=body["info"])
-    if body.get("surrogate"):
-        state.surrogate = _load_model(fs, prefix, SURROGATE_FILE, cfg)
-    if body.get("features"):
-        state.features = _load_model(fs, prefix, FEATURES_FILE, cfg)
+    for attr, name in (("surrogate", SURROGATE_FILE), ("features", FEATURES_FILE)):
+        if body.get(attr) == AS_GIVEN:
+            setattr(state, attr, _pretrained_as_given(cfg))
+            setattr(state, f"{attr}_as_given", True)
+        elif body.get(attr):
+            setattr(state, attr, _load_model(fs, prefix, name, cfg))
     state.info = {**body["info"], "fitted_by_run": body["run_id"], "created": body["created"]}
     return state
 
@@ -214,7 +256,8 @@ def fit_summary(state: FitState, record_url: str, cfg: MEMConfig) -> dict[str, A
             "centroids": None if state.centroids is None else state.centroids.tolist(),
             "surrogate": {"mode": cfg.surrogate, "trained_this_run": state.surrogate is not None and not loaded,
                           "sample": state.info.get("sample"),
-                          "checkpoint": join(record_url, SURROGATE_FILE) if state.surrogate is not None else None}}
+                          "checkpoint": (None if state.surrogate is None else "as given (not stored)"
+                                         if state.surrogate_as_given else join(record_url, SURROGATE_FILE))}}
 
 
 def refuse_changed_settings(record_url: str, settings: dict[str, Any], storage_options: dict | None) -> bool:

@@ -21,6 +21,7 @@ import logging
 import os
 import time
 import warnings
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ import torch
 
 from .. import __version__
 from ..engine import MEMConfig
-from ..io.retry import StorageError
+from ..io.retry import StorageError, retry_counts
 from .fit import FitState, fit_summary, fitted_state, refuse_changed_settings, run_settings
 from ..io.images import ImageFormat
 from ..io.locks import OutputLock
@@ -73,8 +74,9 @@ def fit_task(urls, cfg: dict, settings: dict, record_url: str, run_id: str, stor
     """The fit phase on a worker (with a GPU when the actors have one), never on the driver."""
     torch.set_num_threads(max(1, threads))
     config = MEMConfig(**cfg)
+    before = Counter(retry_counts)
     state = fitted_state(urls, config, settings, record_url, run_id, storage_options, limits, device, clustered)
-    return fit_summary(state, record_url, config), state
+    return {**fit_summary(state, record_url, config), "retries": dict(Counter(retry_counts) - before)}, state
 
 
 class WindowProtector:
@@ -211,13 +213,14 @@ def _run_locked(input_url, output_url, cfg, image_format, storage_options, parti
         if isinstance(exc.cause, StorageError):
             raise exc.cause from None
         raise
-    counts = {"protected": 0, "failed": 0, "retries": 0}
+    retries = Counter(fitted.pop("retries"))   # what -> retries, the fit's and every window's
+    counts = {"protected": 0, "failed": 0}
     failed_shards: list[dict] = []
     unit_logs: list[dict] = []
 
     def consume(summary) -> None:
         for row in summary.iter_rows():   # streaming: the bar moves as each shard is written
-            counts["retries"] += int(row["retries"])
+            retries.update(json.loads(row["retries"]))
             unit_logs.extend(json.loads(row["units"]))
             if row["error"]:
                 failed_shards.append({"shard": row["shard"], "stage": row["stage"], "reason": row["error"]})
@@ -248,7 +251,7 @@ def _run_locked(input_url, output_url, cfg, image_format, storage_options, parti
         "shards_total": len(shards), "shards_done_before": len(shards) - len(todo),
         "shards_written": len(todo) - len(failed_shards), "shards_failed": failed_shards,
         "samples_protected": counts["protected"], "samples_failed": counts["failed"],
-        "retries": {"io": counts["retries"]}, **fitted, "units": unit_logs, "seconds": round(time.time() - started, 2),
+        "retries": dict(retries), **fitted, "units": unit_logs, "seconds": round(time.time() - started, 2),
     }
     write_run_record(output_url, record_url, record, provenance, storage_options)
     return record

@@ -11,6 +11,7 @@ size of the dataset; each shard of the window is written as soon as the window i
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -43,12 +44,12 @@ class ShardResult:
     failed: int = 0
     error: str = ""
     stage: str = ""
-    retries: int = 0
+    retries: dict[str, int] = field(default_factory=dict)   # what -> retries, this window's (first shard)
     units: list[dict] = field(default_factory=list)
 
     def row(self) -> dict:
         return {"shard": self.shard, "protected": self.protected, "failed": self.failed, "error": self.error,
-                "stage": self.stage, "retries": self.retries, "units": json.dumps(self.units, default=str)}
+                "stage": self.stage, "retries": json.dumps(self.retries), "units": json.dumps(self.units, default=str)}
 
 
 def pack_units(cluster_of: list[int], unit_size: int) -> list[list[int]]:
@@ -95,7 +96,7 @@ def assign_clusters(items: list[Decoded], state: FitState, cfg: MEMConfig, devic
 def protect_window(urls: list[str], state: FitState, cfg: MEMConfig, fmt: ImageFormat, writer: Writer,
                    limits: ReadLimits, device: str, clustered: bool,
                    on_round: Callable[[dict], None] | None = None) -> list[ShardResult]:
-    retries_before = sum(retry_counts.values())
+    retries_before = Counter(retry_counts)
     results = {shard_name(u): ShardResult(shard_name(u)) for u in urls}
     works: list[ShardWork] = []
     for url in urls:
@@ -133,7 +134,7 @@ def protect_window(urls: list[str], state: FitState, cfg: MEMConfig, fmt: ImageF
     ordered_results = [results[shard_name(u)] for u in urls]
     if ordered_results:  # the window's unit logs travel with its first shard
         ordered_results[0].units = unit_logs
-        ordered_results[0].retries = sum(retry_counts.values()) - retries_before
+        ordered_results[0].retries = dict(Counter(retry_counts) - retries_before)
     return ordered_results
 
 
