@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "(Flickr8K and COCO have 5); the test split keeps one caption per image")
     demo.add_argument("--storage-options")
 
+    stand_in = sub.add_parser("demo-model", help="pretrain the demo's tiny public CLIP stand-in (seconds, cached) "
+                                                 "into OUT/model, an open_clip local-dir folder")
+    stand_in.add_argument("out")
+
     add_protect_arguments(sub.add_parser("protect", help="protect shards with MEM or a baseline"))
 
     ev = sub.add_parser("eval", help="train a victim CLIP on shards, test retrieval on clean data")
@@ -115,8 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--victim", default="tiny-resnet",
                     help="architecture trained from scratch, or of --init (default: %(default)s)")
     ev.add_argument("--init", metavar="CHECKPOINT",
-                    help="fine-tune this open_clip checkpoint (a public pretrained CLIP) instead of training from "
-                         "scratch; reports zero-shot retrieval, the fine-tuned one and the gain")
+                    help="fine-tune this public pretrained CLIP instead of training from scratch: an open_clip "
+                         "checkpoint file, or an open_clip name (ARCH:TAG, local-dir:DIR, hf-hub:ORG/REPO); "
+                         "reports zero-shot retrieval, the fine-tuned one and the gain")
+    ev.add_argument("--compare", metavar="CLEAN_TRAIN",
+                    help="with --train a protected output: fine-tune on the clean set, on it with random noise of "
+                         "the same epsilon, and on the protected set; prints the three gains and writes "
+                         "OUT/compare.json and OUT/compare.png")
     ev.add_argument("--model-config", metavar="FILE", help="open_clip model-config JSON of --init")
     ev.add_argument("--epochs", type=int, default=None, help="default: 30 from scratch, 10 fine-tuning")
     ev.add_argument("--lr", type=float, default=None, help="default: 1e-3 from scratch, 1e-5 fine-tuning")
@@ -149,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("output")
     ins.add_argument("--original", help="the input prefix, for SSIM/PSNR against the originals")
     ins.add_argument("--grid", help="write a PNG grid: original / protected / noise x10")
+    ins.add_argument("--effect", metavar="COMPARE_JSON",
+                     help="draw the gains of `mempipe eval --compare` (its compare.json) above the grid")
     ins.add_argument("--record", help="the private record (default: OUTPUT_mempipe_record when it exists)")
     ins.add_argument("--storage-options")
     return parser
@@ -283,6 +294,11 @@ def main(argv: list[str] | None = None) -> int:
                                     args.annotations, args.image_column, args.caption_column, args.split_file,
                                     args.test_images, args.seed, args.max_size, args.per_shard,
                                     parse_storage_options(args.storage_options))))
+            return 0
+        if args.command == "demo-model":
+            from .evaluation.public_models import demo_model
+
+            print(demo_model(args.out))
             return 0
         if args.command == "eval":
             from .evaluation.evaluate import main_eval

@@ -117,10 +117,14 @@ def victim_config(args) -> VictimConfig:
     """The victim of ``mempipe eval``: from scratch (``--victim``), or a fine-tune of ``--init``."""
     from ..engine.surrogate import TINY_CONFIGS, model_config_sizes
 
+    from ..engine import names
+
     fields = dict(arch=args.victim, seed=args.seed, init=args.init, model_config=args.model_config, epochs=30)
     if args.init:   # the authors' fine-tune recipe: lr 1e-5 for 10 epochs
         fields.update(lr=1e-5, epochs=10, warmup_epochs=0.5)
-        if args.victim not in TINY_CONFIGS:   # released open_clip weights are trained at 224 px, 77 tokens
+        if names.is_named(args.init):   # ARCH:TAG, local-dir:DIR, hf-hub:ORG/REPO: the name brings its weights
+            fields.update(arch=args.init, init=None, **{k: v for k, v in names.sizes(args.init).items() if k != "arch"})
+        elif args.victim not in TINY_CONFIGS:   # released open_clip weights are trained at 224 px, 77 tokens
             fields.update(image_size=224, context_length=77)
     if args.model_config:
         fields.update(model_config_sizes(args.model_config))
@@ -129,6 +133,83 @@ def victim_config(args) -> VictimConfig:
     if args.epochs is not None:
         fields["epochs"] = args.epochs
     return VictimConfig(**fields)
+
+
+COMPARE_ROWS = ("clean", "random noise", "protected")
+
+
+def random_noise_copy(clean_url: str, protected_url: str, out_url: str) -> int:
+    """The clean training set with uniform random noise of the protected set's epsilon, at its noise
+    size: the control that any change of the pixels this large must beat. Returns the epsilon."""
+    import contextlib
+    import io
+
+    from ..cli import main as mempipe
+    from ..io.provenance import default_record_url, read_run_record
+
+    record = read_run_record(protected_url, default_record_url(protected_url), None)
+    if record is None:
+        raise ValueError(f"{protected_url} has no mempipe run record: --compare needs a protected output as --train")
+    config = record["config"]
+    argv = ["protect", clean_url, out_url, "--method", "random", "--epsilon", str(config["epsilon"]),
+            "--image-size", str(config["image_size"]), "--noise-size", str(config.get("noise_size") or 0),
+            "--preset", "cpu-tiny", "--no-ray", "--quiet"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        if mempipe(argv) != 0:
+            raise ValueError(f"could not write the random-noise control of {clean_url}")
+    return config["epsilon"]
+
+
+def compare(args, cfg: VictimConfig, device: str) -> dict:
+    """``--compare CLEAN``: the victim fine-tuned on the clean set, on the clean set with random noise
+    of the same epsilon, and on the protected set (``--train``); each gain and its share of clean's."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mempipe-compare-") as tmp:
+        epsilon = random_noise_copy(args.compare, args.train, os.path.join(tmp, "random"))
+        rows = {}
+        for name, url in zip(COMPARE_ROWS, (args.compare, os.path.join(tmp, "random"), args.train)):
+            result = evaluate(url, args.test, cfg, args.defense, device, per_epoch_lines=args.verbose)
+            rows[name] = {"train": url if name != "random noise" else f"{args.compare} + uniform noise (eps {epsilon})",
+                          "gain_R@10": result["gain_R@10"], "final": result["final"], "zero_shot": result["zero_shot"]}
+    clean = rows["clean"]["gain_R@10"]["clean"]
+    for row in rows.values():
+        gain = row["gain_R@10"]["clean"]
+        row["share_of_clean"] = {d: round(gain[d] / clean[d], 2) if clean[d] > 0 else None for d in ("i2t", "t2i")}
+    return {"victim": cfg.__dict__, "epsilon": epsilon, "test": args.test, "defense": args.defense, "rows": rows}
+
+
+def compare_table(result: dict) -> str:
+    lines = ["training set      R@10 gain over zero-shot (i2t / t2i)   share of clean's gain",
+             *(f"{name:16s}  {row['gain_R@10']['clean']['i2t']:6.1f} / {row['gain_R@10']['clean']['t2i']:<6.1f}"
+               f"                      {row['share_of_clean']['i2t']} / {row['share_of_clean']['t2i']}"
+               for name, row in result["rows"].items())]
+    return "\n".join(lines)
+
+
+def plot_compare(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    draw_compare(ax, result)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def draw_compare(ax, result: dict) -> None:
+    """Bars of R@10 gain per training set, both directions, on a matplotlib axis."""
+    names = list(result["rows"])
+    for j, (d, label) in enumerate((("i2t", "image -> text"), ("t2i", "text -> image"))):
+        values = [result["rows"][n]["gain_R@10"]["clean"][d] for n in names]
+        ax.bar([i + 0.38 * (j - 0.5) for i in range(len(names))], values, width=0.36, label=label)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("R@10 gain over zero-shot")
+    ax.set_title("what a fine-tune learns from each copy", fontsize=10)
+    ax.legend(fontsize=8)
 
 
 def main_eval(args) -> int:
@@ -144,6 +225,16 @@ def main_eval(args) -> int:
     check_defense(args.defense)   # before anything is written
     cfg = victim_config(args)
     os.makedirs(args.out, exist_ok=True)
+    if args.compare:
+        if not args.init:
+            raise ValueError("--compare fine-tunes a pretrained model: give --init (a checkpoint or an open_clip name)")
+        result = compare(args, cfg, device)
+        with open(os.path.join(args.out, "compare.json"), "w") as f:
+            json.dump(result, f, indent=2)
+        plot_compare(result, os.path.join(args.out, "compare.png"))
+        print(compare_table(result))
+        print(json.dumps({"out": args.out, "share_of_clean": {n: r["share_of_clean"] for n, r in result["rows"].items()}}))
+        return 0
     if args.seeds == 1:
         result = evaluate(args.train, args.test, cfg, args.defense, device, per_epoch_lines=args.verbose)
         plot_curves(result, os.path.join(args.out, "retrieval_curve.png"))

@@ -14,7 +14,8 @@ from ..io.storage import filesystem, parse_storage_options
 
 
 def summarize(output_url: str, original_url: str | None = None, storage_options: dict | None = None,
-              grid_path: str | None = None, grid_count: int = 6, record_url: str | None = None) -> dict:
+              grid_path: str | None = None, grid_count: int = 6, record_url: str | None = None,
+              effect: dict | None = None) -> dict:
     """What the output holds; triggers and per-sample measures come from the private record when
     it is reachable (the published json carries them only under ``--provenance full``)."""
     record_url = record_url or default_record_url(output_url)
@@ -69,7 +70,7 @@ def summarize(output_url: str, original_url: str | None = None, storage_options:
         "private_record": record_url if private else None,
     }
     if grid_path and grid:
-        save_grid(grid, grid_path)
+        save_grid(grid, grid_path, effect=effect)
         summary["grid"] = grid_path
     return summary
 
@@ -83,16 +84,23 @@ class GridRow:
     trigger: str
 
 
-def save_grid(rows: list[GridRow], path: str, amplify: int = 10) -> None:
+def save_grid(rows: list[GridRow], path: str, amplify: int = 10, effect: dict | None = None) -> None:
     """A labelled picture (matplotlib): per sample, the original, the protected image and the noise
     amplified (grey = no change), aspect kept, the key on the left and the published caption under
-    the row with the trigger words marked."""
+    the row with the trigger words marked; with ``effect`` (``eval --compare``'s result), its gains on top."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3.4 * len(rows)), squeeze=False)
+    top = 1 if effect else 0
+    fig = plt.figure(figsize=(9, 3.4 * (len(rows) + top)))
+    spec = fig.add_gridspec(len(rows) + top, 3)
+    if effect:
+        from .evaluate import draw_compare
+
+        draw_compare(fig.add_subplot(spec[0, :]), effect)
+    axes = [[fig.add_subplot(spec[r + top, c]) for c in range(3)] for r in range(len(rows))]
     titles = ("original", "protected", f"noise x{amplify} (grey: no change)")
     for r, row in enumerate(rows):
         noise = np.clip(128 + amplify * (row.protected.astype(int) - row.original.astype(int)), 0, 255).astype(np.uint8)
@@ -133,8 +141,9 @@ def text_summary(summary: dict) -> str:
 def main_inspect(args) -> int:
     import sys
 
+    effect = json.loads(open(args.effect).read()) if args.effect else None
     summary = summarize(args.output, args.original, parse_storage_options(args.storage_options), args.grid,
-                        record_url=args.record)
+                        record_url=args.record, effect=effect)
     # one line per field: the engine config is one line of its own, not thirty
     print("{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in summary.items()) + "\n}")
     print(text_summary(summary), file=sys.stderr)

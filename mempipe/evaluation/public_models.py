@@ -111,3 +111,33 @@ def pretrain(name: str, cache_dir: str, pairs: int = 20_000, epochs: int = 5, se
               "web_test_before": run.zero_shot["web_test"], "checkpoint_sha256": sha}
     Path(paths["record"]).write_text(json.dumps(record, indent=2))   # last: marks the cache entry complete
     return {**record, **paths, "cached": False}
+
+
+def write_local_dir(public: dict, folder: str | Path) -> str:
+    """A pretrained model as open_clip's ``local-dir:`` folder (what a hub download holds):
+    ``open_clip_config.json`` (model and preprocess config) and ``open_clip_pytorch_model.bin``.
+    Returns its open_clip name, ``local-dir:FOLDER``."""
+    from ..engine.surrogate import CLIP_MEAN, CLIP_STD
+
+    folder = Path(folder)
+    if not (folder / "open_clip_pytorch_model.bin").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        config = json.loads(Path(public["model_config"]).read_text())
+        (folder / "open_clip_config.json").write_text(json.dumps(
+            {"model_cfg": config, "preprocess_cfg": {"mean": list(CLIP_MEAN), "std": list(CLIP_STD),
+                                                     "interpolation": "bicubic", "resize_mode": "shortest"}}, indent=1))
+        state = torch.load(public["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+        torch.save(state, str(folder / "open_clip_pytorch_model.bin.partial"))
+        os.replace(folder / "open_clip_pytorch_model.bin.partial", folder / "open_clip_pytorch_model.bin")
+    return f"local-dir:{folder}"
+
+
+# the demo's stand-in: a tiny open_clip model pretrained on the web corpus in seconds (16 px, 24 tokens)
+DEMO_MODEL = {"name": "public-test", "pairs": 2048, "epochs": 4, "test_pairs": 64}
+
+
+def demo_model(folder: str | Path) -> str:
+    """The demo's public stand-in as a ``local-dir:`` folder (pretrained once, then cached there)."""
+    spec = dict(DEMO_MODEL)
+    public = pretrain(spec.pop("name"), str(Path(folder) / "pretraining"), **spec)
+    return write_local_dir(public, Path(folder) / "model")
