@@ -11,21 +11,11 @@ import torch
 from mempipe.cli import main
 from mempipe.data.demo_data import write_demo_data
 from mempipe.engine import names
-from mempipe.engine.surrogate import CLIP_MEAN, CLIP_STD, build_model, build_named
-from mempipe.evaluation.public_models import pretrain
+from mempipe.engine.surrogate import build_model, build_named
+from mempipe.evaluation.public_models import pretrain, write_local_dir
 from tests.helpers import private_run
 
 SIZE, CONTEXT = 16, 24
-
-
-def write_local_dir(public: dict, folder, mean=CLIP_MEAN, std=CLIP_STD) -> str:
-    """An open_clip local-dir folder: open_clip_config.json (model and preprocess config) and the weights."""
-    folder.mkdir(parents=True, exist_ok=True)
-    config = json.load(open(public["model_config"]))
-    (folder / "open_clip_config.json").write_text(json.dumps(
-        {"model_cfg": config, "preprocess_cfg": {"mean": list(mean), "std": list(std)}}))
-    torch.save(torch.load(public["checkpoint"], weights_only=True)["state_dict"], folder / "open_clip_pytorch_model.bin")
-    return f"local-dir:{folder}"
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +71,25 @@ def test_protect_with_an_ensemble_of_local_dirs_and_the_crop_in_the_loop(public,
     assert stats["successes"] == 48
     # the mode words still set the surrogate mode
     assert main(argv[:-2] + ["--surrogate", "per-unit", "--no-ray", "--quiet", "--new-run"]) == 0
+
+
+def test_eval_compare_fine_tunes_on_clean_random_noise_and_protected_copies(public, owner, tmp_path, capsys):
+    """The check a user runs on their own data: three fine-tunes of the named model, one table."""
+    name = write_local_dir(public, tmp_path / "m")
+    protected = tmp_path / "protected"
+    assert main(["protect", str(owner / "train"), str(protected), "--surrogate", name, "--outer-iters", "1",
+                 "--no-ray", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--train", str(protected), "--compare", str(owner / "train"), "--test", str(owner / "test"),
+                 "--init", name, "--epochs", "2", "--lr", "1e-3", "--out", str(tmp_path / "effect")]) == 0
+    printed = capsys.readouterr().out
+    result = json.load(open(tmp_path / "effect" / "compare.json"))
+    assert list(result["rows"]) == ["clean", "random noise", "protected"] and result["epsilon"] == 8
+    zero = {json.dumps(row["zero_shot"], sort_keys=True) for row in result["rows"].values()}
+    assert len(zero) == 1                                   # one starting model for the three fine-tunes
+    finals = {json.dumps(row["final"], sort_keys=True) for row in result["rows"].values()}
+    assert len(finals) == 3                                 # three different training sets
+    assert all(name in printed for name in result["rows"]) and (tmp_path / "effect" / "compare.png").exists()
+    assert main(["inspect", str(protected), "--original", str(owner / "train"), "--grid", str(tmp_path / "grid.png"),
+                 "--effect", str(tmp_path / "effect" / "compare.json")]) == 0
+    assert (tmp_path / "grid.png").stat().st_size > 0

@@ -113,18 +113,19 @@ def pretrain(name: str, cache_dir: str, pairs: int = 20_000, epochs: int = 5, se
     return {**record, **paths, "cached": False}
 
 
-def write_local_dir(public: dict, folder: str | Path) -> str:
+def write_local_dir(public: dict, folder: str | Path, mean: tuple | None = None, std: tuple | None = None) -> str:
     """A pretrained model as open_clip's ``local-dir:`` folder (what a hub download holds):
-    ``open_clip_config.json`` (model and preprocess config) and ``open_clip_pytorch_model.bin``.
-    Returns its open_clip name, ``local-dir:FOLDER``."""
+    ``open_clip_config.json`` (model and preprocess config: CLIP's normalisation unless ``mean`` and
+    ``std`` say otherwise) and ``open_clip_pytorch_model.bin``. Returns its name, ``local-dir:FOLDER``."""
     from ..engine.surrogate import CLIP_MEAN, CLIP_STD
 
+    mean, std = mean or CLIP_MEAN, std or CLIP_STD
     folder = Path(folder)
     if not (folder / "open_clip_pytorch_model.bin").exists():
         folder.mkdir(parents=True, exist_ok=True)
         config = json.loads(Path(public["model_config"]).read_text())
         (folder / "open_clip_config.json").write_text(json.dumps(
-            {"model_cfg": config, "preprocess_cfg": {"mean": list(CLIP_MEAN), "std": list(CLIP_STD),
+            {"model_cfg": config, "preprocess_cfg": {"mean": list(mean), "std": list(std),
                                                      "interpolation": "bicubic", "resize_mode": "shortest"}}, indent=1))
         state = torch.load(public["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
         torch.save(state, str(folder / "open_clip_pytorch_model.bin.partial"))
