@@ -44,9 +44,9 @@ from mempipe.data.demo_data import write_demo_data  # noqa: E402
 from mempipe.engine import preset  # noqa: E402
 from mempipe.engine.mem import protect_unit  # noqa: E402
 from mempipe.engine.text import decode_trigger  # noqa: E402
-from mempipe.engine.surrogate import CLIP_MEAN, CLIP_STD, build_model, model_config_sizes  # noqa: E402
+from mempipe.engine.surrogate import build_model, model_config_sizes  # noqa: E402
 from mempipe.evaluation.datasets import load_pairs, prefix_random_words  # noqa: E402
-from mempipe.evaluation.public_models import pretrain  # noqa: E402
+from mempipe.evaluation.public_models import pretrain, write_local_dir  # noqa: E402
 from mempipe.evaluation.victim import embed, retrieval_metrics, tokens_for  # noqa: E402
 from mempipe.io.images import apply_noise_native, encode  # noqa: E402
 
@@ -158,18 +158,10 @@ def public_model(letter: str) -> dict:
 
 
 def local_dir(letter: str) -> Path:
-    """The public model as open_clip's ``local-dir:`` folder: ``open_clip_config.json`` (model and
-    preprocess config) and ``open_clip_pytorch_model.bin``, what a thief downloads from a hub."""
+    """The public model as open_clip's ``local-dir:`` folder, what a thief downloads from a hub."""
     model = public_model(letter)
     folder = WORK / "local_dirs" / f"{letter}-{model['checkpoint_sha256'][:12]}"
-    if not (folder / "open_clip_pytorch_model.bin").exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        config = json.loads(Path(model["model_config"]).read_text())
-        (folder / "open_clip_config.json").write_text(json.dumps(
-            {"model_cfg": config, "preprocess_cfg": {"mean": list(CLIP_MEAN), "std": list(CLIP_STD),
-                                                     "interpolation": "bicubic", "resize_mode": "shortest"}}, indent=1))
-        state = torch.load(model["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
-        torch.save(state, folder / "open_clip_pytorch_model.bin")
+    write_local_dir(model, folder)
     return folder
 
 
