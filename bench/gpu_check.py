@@ -77,6 +77,30 @@ def one_round(cfg, images, captions, device, warm: int = 256):
             "hotflip_loss": [hb, ha], "pgd_loss": [pf, pl]}
 
 
+def default_path(unit: int, device, overrides: dict, ensemble_arch: str | None) -> dict:
+    """The default protective path (``finetune-thief``: EM against a frozen pretrained surrogate, no
+    surrogate training) at its real size: one PGD round over the unit, timed after a warm-up, and the
+    samples/s of the whole path (its rounds of PGD). Weights are random: speed does not depend on them."""
+    cfg = preset("finetune-thief").with_overrides(precision="bf16", **overrides)
+    images, captions = unit_data(unit, cfg.image_size)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    data = _unit(cfg, images, captions, device, gen)
+    models = [mem.surrogate_for(cfg.with_overrides(seed=0), device, data).eval().requires_grad_(False)]
+    if ensemble_arch:
+        models.append(mem.surrogate_for(cfg.with_overrides(arch=ensemble_arch, seed=1), device, data).eval()
+                      .requires_grad_(False))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    small = _unit(cfg, images[:64], captions[:64], device, gen)
+    _, warm_s = timed(lambda: mem._pgd_round(models, small, cfg.with_overrides(pgd_steps=1), gen))
+    (first, last), pgd_s = timed(lambda: mem._pgd_round(models, data, cfg, gen))
+    per_sample = cfg.outer_iters * pgd_s / unit
+    return {"surrogates": [cfg.arch] + ([ensemble_arch] if ensemble_arch else []), "image_size": cfg.image_size,
+            "unit": unit, "pgd_steps_per_round": cfg.pgd_steps, "rounds": cfg.outer_iters, "warm_up_s": round(warm_s, 2),
+            "pgd_round_s": round(pgd_s, 3), "pgd_loss": [first, last], "samples_per_s": round(1 / per_sample, 1),
+            "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None}
+
+
 def extrapolate(paper, r: dict, timed_steps: int, unit: int, to_unit: int) -> dict:
     """Full protocol from one round; surrogate steps are fixed per round, HotFlip and PGD scale with the unit."""
     grow = to_unit / unit
@@ -102,16 +126,31 @@ def main() -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--overrides", default="{}", help="JSON engine overrides on the paper preset (smoke tests)")
+    parser.add_argument("--default-only", action="store_true",
+                        help="time only the default protective path (ViT-B-32, and ViT-B-32 + RN50) and exit")
+    parser.add_argument("--default-overrides", default="{}", help="JSON overrides on finetune-thief (smoke tests)")
+    parser.add_argument("--ensemble-arch", default="RN50", help="the second surrogate of the ensemble row")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
+    default_rows = {}
+    for label, second in (("single", None), ("ensemble", args.ensemble_arch)):
+        default_rows[label] = default_path(args.unit, device, json.loads(args.default_overrides), second)
+        print("default path", label, json.dumps(default_rows[label]), flush=True)
+    if args.default_only:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+                                              "torch": torch.__version__, "commit": _commit(),
+                                              "default_path": default_rows}, indent=1))
+        return 0
     paper = preset("paper").with_overrides(**json.loads(args.overrides))
     images, captions = unit_data(args.unit, paper.image_size)
     result = {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else None, "torch": torch.__version__,
               "unit": args.unit, "commit": _commit(), "text_width": "used_positions",
-              "train_steps_timed": args.train_steps, "preset": paper.to_dict(), "variants": {}}
+              "train_steps_timed": args.train_steps, "preset": paper.to_dict(), "variants": {},
+              "default_path": default_rows}
 
     for name in args.variants.split(","):
         cfg = paper.with_overrides(precision="bf16", train_steps=args.train_steps, **VARIANTS[name])

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared GPU session (device tool); each form fits one device call (< 10 minutes):
 #   bash bench/gpu_check.sh         about 9 minutes on an H100:
-#     1. bench/gpu_check.py: the paper preset (RN50, 224 px, bf16) over a 2,048-sample unit, as it is,
+#     1. bench/gpu_check.py: the default protective path (EM against a frozen ViT-B-32, and ViT-B-32 +
+#        RN50, 224 px, bf16: samples/s), then the paper preset (RN50, 224 px, bf16) over a 2,048-sample unit, as it is,
 #        compiled, and with larger PGD/HotFlip batches; peak memory; bf16 vs fp32 losses;
 #     2. the protection effect of the fast path: MEM-3 protected in bf16 vs fp32 (cpu-tiny protocol,
 #        tiny-resnet victim, 30 epochs), as bench/effectiveness.py rows.
@@ -34,7 +35,7 @@ if [ "${1:-}" = photo ]; then
   grep -v Warn "$OUT/log_photo.txt" | tail -14
   exit 0
 fi
-timeout ${CHECK_TIMEOUT:-330} python3 bench/gpu_check.py --out "$OUT/gpu_check.json" 2>&1 | grep -v "No pretrained" | tail -8
+timeout ${CHECK_TIMEOUT:-330} python3 bench/gpu_check.py --out "$OUT/gpu_check.json" 2>&1 | grep -v "No pretrained" | tail -10
 timeout ${EFF_TIMEOUT:-180} python3 bench/effectiveness.py --device cuda --rows mem3,mem3-bf16 --victims tiny-resnet \
   --work /tmp/work_a --out "$OUT/effectiveness_gpu_bf16.json" > "$OUT/log_bf16.txt" 2>&1
 grep -v Warn "$OUT/log_bf16.txt" | tail -12

@@ -281,6 +281,30 @@ def performance_table() -> str:
                                   for row in f["by_unit_size"])
             lines.append(f"| **projection, not measured**: current code's FLOPs at that run's rate | {projected} samples/s | "
                          f"counted FLOPs ÷ {r['gpu']} rate |")
+        d = f.get("default_path")
+        if d:
+            for label in ("ViT-B-32", "ViT-B-32 + RN50"):
+                row = d[label]
+                projected = (f"; **projected, not measured**: {row['projected_samples_per_s_at_recorded_pgd_rate']} "
+                             f"samples/s per GPU at the recorded PGD rate, LAION-400M in {row['laion400m_gpu_hours']:,} "
+                             f"GPU-hours" if "laion400m_gpu_hours" in row else "")
+                needed = (f"; 300 samples/s needs {row['tflops_needed_for_300_samples_per_s']} TFLOP/s = "
+                          f"{row['share_of_h100_peak_for_300']:.0%} of the H100 bf16 dense datasheet peak"
+                          if "tflops_needed_for_300_samples_per_s" in row else "")
+                lines.append(f"| default path ({d['preset']}, {d['pgd_steps_per_sample']} PGD steps), surrogate "
+                             f"{label} at 224 px, FLOPs per sample | {row['tflop_per_sample']} TFLOP{needed}{projected} | "
+                             f"counted (FlopCounterMode) |")
+            if "paper_protocol_laion400m_gpu_hours" in d:
+                lines.append(f"| paper protocol (shared surrogate, unit 2048), LAION-400M | "
+                             f"{d['paper_protocol_laion400m_gpu_hours']:,} GPU-hours (projected the same way) | counted FLOPs |")
+    tp = _result("throughput")
+    if tp and "methods" in tp:
+        m = tp["methods"]
+        rates = m["samples_per_s"]
+        lines.append(f"| `mempipe protect --no-ray` on {m['samples']} demo pairs ({m['image_px']} px), fit included, "
+                     f"surrogate {m['surrogate']}: default / cpu-tiny MEM / random noise | {rates['default']} / "
+                     f"{rates['cpu-tiny']} / {rates['random']} samples/s: the default is {m['default_over_cpu_tiny']}x "
+                     f"cpu-tiny | CPU, {m['threads']} threads, one run |")
     gc = RESULTS / "gpu_check.json"
     if gc.exists():
         g = json.loads(gc.read_text())
@@ -305,17 +329,21 @@ def faults_table() -> str:
     data = _result("faults")
     if data is None:
         return "(not measured yet: `python bench/faults.py`, writing faults.json)"
-    lines = [f"`bench/faults.py`: {data['what']} ({data['rows'][0]['shards']} shards of {data['per_shard']} samples, "
-             f"read timeout {data['read_timeout_s']} s, stalls of {data['stall_s']} s).", "",
-             "| faults (share of requests) | requests | faults injected | keys in | protected | failed | lost | "
-             "duplicated | failed shards | botocore retries | whole-file retries | exit | time vs fault-free |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    if "shard_MB" not in data:
+        return "(faults.json is from an older version of the bench: run `python bench/faults.py` again)"
+    lines = [f"`bench/faults.py`: {data['what']}. {data['shards']} shards of {data['per_shard']} samples "
+             f"({', '.join(str(m) for m in data['shard_MB'])} MB each, {data['image_px']} px PNG), parts of "
+             f"{data['part_MB']} MB; a row that ends with failed shards is run again, at most twice.", "",
+             "| connection faults / resets per 64 KB | runs | keys in | protected | failed | lost | duplicated | "
+             "faults injected | retries (last run) | MB sent up (stored) | time vs fault-free |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["rows"]:
         kinds = ", ".join(f"{k} {v}" for k, v in r["faults_by_kind"].items()) or "none"
-        lines.append(f"| {r['fault_rate']:.0%} | {r['requests']} | {r['faults_injected']} ({kinds}) | {r['keys_in']} | "
+        retries = ", ".join(f"{k} {v}" for k, v in sorted(r["retries_last_run"].items())) or "none"
+        lines.append(f"| {r['connection_fault_rate']:.0%} / {r['reset_per_64KB']:.0%} | {r['runs']} | {r['keys_in']} | "
                      f"{r['keys_protected']} | {r['keys_failed']} | {r['lost']} | {r['duplicated']} | "
-                     f"{r['shards_failed']} | {r['retries_botocore_requests']} | {r['retries_whole_file']} | "
-                     f"{r['exit_code']} | {r['time_vs_fault_free']}x ({r['seconds']} s) |")
+                     f"{r['faults_injected']} ({kinds}) | {retries} | {r['bytes_up_MB']} ({r['bytes_stored_MB']}) | "
+                     f"{r['time_vs_fault_free']}x ({r['seconds']} s) |")
     return "\n".join(lines)
 
 

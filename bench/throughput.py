@@ -10,6 +10,7 @@ times the engine's two exact shortcuts against their direct forms ("components")
 Writes bench/results/throughput.json.
 
     python bench/throughput.py [--quick] [--samples 2000]
+    python bench/throughput.py --methods 500      # the default against cpu-tiny and random noise
 """
 from __future__ import annotations
 
@@ -127,13 +128,65 @@ def components(captions: list[str]) -> dict:
     return out
 
 
+def methods(samples: int, repeats: int) -> dict:
+    """The protective path against MEM and the floor, as a user runs them (``mempipe protect --no-ray``,
+    fit included) on the same shards, in one run, alternating, fastest of ``repeats`` each:
+
+    - ``default``: what ``protect`` runs given a pretrained surrogate (``finetune-thief``: EM against
+      the frozen surrogate), the surrogate being cpu-tiny's own network (tiny-vit, 64 px) saved as a
+      checkpoint, so that the two differ by method only;
+    - ``cpu-tiny``: MEM's min-min with a surrogate trained on the data;
+    - ``random``: uniform noise: reading, decoding, encoding and writing, no model (the floor)."""
+    import contextlib
+    import io
+    import tempfile
+
+    from mempipe.cli import main as mempipe
+    from mempipe.data.demo_data import write_split
+    from mempipe.engine.surrogate import save_checkpoint
+
+    tiny = preset("cpu-tiny")
+    work = Path(tempfile.mkdtemp(prefix="mempipe-methods-"))
+    write_split(str(work / "in"), samples, tiny.image_size, seed=0, first_index=0, per_shard=500)
+    save_checkpoint(build_model(tiny.arch, tiny.image_size, tiny.context_length, seed=0), str(work / "tiny-vit.pt"))
+    argv = {"default": ["--preset", "finetune-thief", "--arch", tiny.arch, "--image-size", str(tiny.image_size),
+                        "--context-length", str(tiny.context_length), "--checkpoint", str(work / "tiny-vit.pt")],
+            "cpu-tiny": ["--preset", "cpu-tiny"],
+            "random": ["--method", "random"]}
+    times: dict[str, list[float]] = {name: [] for name in argv}
+    for repeat in range(repeats):
+        for name, extra in argv.items():
+            out = work / f"out-{name}-{repeat}"
+            started = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()):
+                assert mempipe(["protect", str(work / "in"), str(out), *extra, "--no-ray", "--quiet"]) == 0
+            times[name].append(time.perf_counter() - started)
+            print(f"{name}: {times[name][-1]:.1f} s", flush=True)
+    rates = {name: samples / min(t) for name, t in times.items()}
+    return {"samples": samples, "image_px": tiny.image_size, "surrogate": f"{tiny.arch} at {tiny.image_size} px",
+            "threads": torch.get_num_threads(), "runs_s": {k: [round(x, 1) for x in v] for k, v in times.items()},
+            "samples_per_s": {k: round(v, 2) for k, v in rates.items()},
+            "default_over_cpu_tiny": round(rates["default"] / rates["cpu-tiny"], 2),
+            "default_over_random": round(rates["default"] / rates["random"], 3)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--methods", type=int, metavar="SAMPLES",
+                        help="only time the default, cpu-tiny and random noise through `mempipe protect` on "
+                             "SAMPLES demo pairs; merged into the output under 'methods'")
     parser.add_argument("--quick", action="store_true", help="256 samples, 2 rounds: under 2 minutes")
     parser.add_argument("--repeats", type=int, default=2, help="MEM and replay runs, alternating; the fastest counts")
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "throughput.json"))
     args = parser.parse_args()
+    if args.methods:
+        body = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+        body["methods"] = {**methods(args.methods, args.repeats), "date": time.strftime("%Y-%m-%d %H:%M"),
+                           "command": "python bench/throughput.py " + " ".join(sys.argv[1:])}
+        Path(args.out).write_text(json.dumps(body, indent=1))
+        print(json.dumps(body["methods"], indent=1))
+        return 0
     cfg = preset("cpu-tiny")
     n = args.samples
     if args.quick:

@@ -14,8 +14,13 @@ def test_gpu_check_runs_end_to_end_on_a_tiny_surrogate(tmp_path):
     tiny = {"arch": "tiny-vit", "image_size": 64, "context_length": 32, "batch_size": 8}
     subprocess.run([sys.executable, "bench/gpu_check.py", "--device", "cpu", "--unit", "16", "--train-steps", "2",
                     "--small", "8", "--variants", "paper,paper+big-batches", "--overrides", json.dumps(tiny),
+                    "--default-overrides", json.dumps(tiny), "--ensemble-arch", "tiny-resnet",
                     "--out", str(out)], cwd=ROOT, check=True, capture_output=True, timeout=600)
     result = json.loads(out.read_text())
+    single, ensemble = result["default_path"]["single"], result["default_path"]["ensemble"]
+    assert single["surrogates"] == ["tiny-vit"] and ensemble["surrogates"] == ["tiny-vit", "tiny-resnet"]
+    assert single["pgd_loss"][1] < single["pgd_loss"][0]          # error-minimising: the round lowers the loss
+    assert ensemble["pgd_round_s"] > 0 and single["samples_per_s"] > 0
     assert set(result["variants"]) == {"paper", "paper+big-batches"}
     for run in result["variants"].values():
         assert min(run["train_s"], run["hotflip_s"], run["pgd_s"]) > 0
