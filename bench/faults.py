@@ -125,6 +125,9 @@ def main() -> None:
     import boto3
     import s3fs
 
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)   # moto's server: one log line per request otherwise
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

@@ -592,7 +592,52 @@ def thief_protection_table() -> str:
     return "\n".join(lines)
 
 
+def demo_table() -> str:
+    data = _result("demo")
+    if not data:
+        return "_not run yet: `python bench/demo.py`_"
+    lines = ["| the stand-in fine-tuned on | R@10 gain over zero-shot, image→text / text→image | share of clean's gain |",
+             "|---|---|---|"]
+    for name, row in data["table"].items():
+        gain, share = row["gain_R@10"], row["share_of_clean"]
+        lines.append(f"| {name} | {gain['i2t']} / {gain['t2i']} | {share['i2t']:.2f} / {share['t2i']:.2f} |")
+    steps = ", ".join(f"{s['step'].removeprefix('mempipe ')} {s['seconds']:.0f} s" for s in data["steps"]
+                      if s["seconds"] >= 1)
+    install = f"; the install before it {data['install_s']:.0f} s" if data.get("install_s") else ""
+    lines += ["", f"`make demo` from a fresh clone on {data['cores']} cores: {data['demo_after_install_s']:.0f} s after "
+                  f"the install ({steps}){install} (`bench/demo.py`)."]
+    return "\n".join(lines)
+
+
+def thief_headline_table() -> str:
+    """Per victim: clean, random noise and the row that protected best (its smallest share), short."""
+    data = _result("effectiveness_thief")
+    if not data:
+        return "_not run yet_"
+    lines = ["| victim (fine-tuned by open_clip_train) | clean | random noise | best method: its row | share of clean's gain |",
+             "|---|---|---|---|---|"]
+    names = {"A": "A (ViT, the surrogate's own model)", "B": "B (ResNet, the ensemble's second)",
+             "C": "C (EfficientNet, held out)"}
+    for victim in ("C", "A", "B"):
+        rows, goal = data["table"].get(victim), data["goal"].get(victim)
+        if not rows or not goal or not goal["best"]:
+            continue
+        best = rows[goal["best"]]
+
+        def cell(e):
+            return f"{_pm(e['clean']['i2t'])} / {_pm(e['clean']['t2i'])} ({e['seeds']})"
+
+        share = best["share_of_clean"]["clean"]
+        lines.append(f"| {names[victim]} | {cell(rows['clean'])} | {cell(rows['random'])} | {goal['best']}: "
+                     f"{cell(best)} | {share['i2t']:.2f} / {share['t2i']:.2f} |")
+    lines += ["", "Gains in R@10 points over the same model's zero-shot retrieval (image→text / text→image, clean "
+                  "test split), mean ± sd over runs (fine-tune seeds, and protection seeds where there are two)."]
+    return "\n".join(lines)
+
+
 TABLES = {
+    "demo": demo_table,
+    "thief-headline": thief_headline_table,
     "thief-calibration": thief_calibration_table,
     "thief": thief_table,
     "thief-protection": thief_protection_table,
