@@ -76,7 +76,12 @@ VARIANTS = {
     # one error-minimising noise per k-means cluster of a unit (20 clusters of ~25 pairs): a pattern
     # shared by pairs of like captions, a shortcut any model may pick up (the Unlearnable Clusters idea)
     "em-AB-cluster": ({"method": "em", "noise_scope": "cluster", **CROP}, ("A", "B")),
+    # a self-ensemble (SEP): A and three checkpoints along A's own fine-tune on the owner's clean pairs
+    # (the project's fast victim at the thief's lr), so the noise is error-minimising along the way a
+    # thief's fine-tune goes, not only at its start
+    "em-A-self": ({"method": "em"}, ("A", "A-self")),
 }
+SELF_ENSEMBLE = {"epochs": THIEF["epochs"], "lr": THIEF["lr"], "checkpoints": 3}
 # row -> (images from, captions from, what it is); the training shards are written once per row
 ROWS = {
     "clean": ("clean", "clean", "reference: the owner's clean pairs"),
@@ -88,6 +93,7 @@ ROWS = {
     "memj-AB-crop": ("memj-AB-crop", "memj-AB-crop", "MEM-3 joint objective, A+B, crop in the loop: noise and trigger"),
     "memj-AB-crop+orig": ("memj-AB-crop", "clean", "memj-AB-crop's images with the original captions restored"),
     "em-AB-cluster": ("em-AB-cluster", "clean", "EM, one noise per cluster of ~25 like pairs, A+B, crop in the loop"),
+    "em-A-self": ("em-A-self", "clean", "EM against A and 3 checkpoints along A's fine-tune on the owner's pairs"),
 }
 CALIBRATION_ROWS = ("clean", "random-words")
 
@@ -121,7 +127,7 @@ COUNTERMEASURES = {
     "jpeg10bits": lambda im: _jpeg(_bits(im, 3), 10),   # ISS's strongest: 3-bit depth, then JPEG 10
     "blur": _blur,
 }
-CONTROL_OF = {"em-A": "random", "em-AB-cluster": "random", "em-A-crop": "random", "em-AB-crop": "random", "memj-AB-crop+orig": "random",
+CONTROL_OF = {"em-A": "random", "em-AB-cluster": "random", "em-A-self": "random", "em-A-crop": "random", "em-AB-crop": "random", "memj-AB-crop+orig": "random",
               "memj-AB-crop": "random-words"}
 
 
@@ -172,6 +178,32 @@ def load_public(letter: str, checkpoint: str | None = None):
                        checkpoint=checkpoint or model["checkpoint"], model_config=model["model_config"]).eval()
 
 
+def self_ensemble(letter: str) -> list:
+    """Checkpoints along public model ``letter``'s fine-tune on the owner's clean pairs, saved by
+    ``mempipe eval --save-checkpoints`` as local-dir folders (made once, then cached)."""
+    from mempipe.engine.surrogate import build_named
+
+    out = WORK / f"self-{letter}"
+    if not (out / "metrics.json").exists():
+        data = owner_data()
+        command = [sys.executable, "-m", "mempipe.cli", "eval", "--train", data["train"], "--test", data["test"],
+                   "--init", f"local-dir:{local_dir(letter)}", "--epochs", str(SELF_ENSEMBLE["epochs"]),
+                   "--lr", str(SELF_ENSEMBLE["lr"]), "--save-checkpoints", str(SELF_ENSEMBLE["checkpoints"]),
+                   "--out", str(out)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        subprocess.run(command, env=env, check=True, capture_output=True)
+    folders = sorted((out / "checkpoints").iterdir(), key=lambda p: int(p.name.split("_")[1]))
+    return [build_named(f"local-dir:{f}").eval() for f in folders]
+
+
+def surrogate_models(names: tuple[str, ...]) -> list:
+    """The surrogates of a variant: public letters, and ``X-self`` for X's self-ensemble checkpoints."""
+    models = []
+    for name in names:
+        models += self_ensemble(name.removesuffix("-self")) if name.endswith("-self") else [load_public(name)]
+    return models
+
+
 # ---------------------------------------------------------------- shards
 
 def shard_urls(folder: str) -> list[str]:
@@ -215,7 +247,7 @@ def protect_variant(name: str) -> dict:
     record_path = target / "record.json"
     if record_path.exists():
         return json.loads(record_path.read_text())
-    members = [load_public(letter) for letter in surrogates]
+    members = surrogate_models(surrogates)
     first = public_model(surrogates[0]) if surrogates else public_model("A")
     cfg = preset("finetune").with_overrides(checkpoint=first["checkpoint"], model_config=first["model_config"],
                                             **model_config_sizes(first["model_config"]), **ENGINE, **overrides)

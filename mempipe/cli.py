@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "the same epsilon, and on the protected set; prints the three gains and writes "
                          "OUT/compare.json and OUT/compare.png")
     ev.add_argument("--model-config", metavar="FILE", help="open_clip model-config JSON of --init")
+    ev.add_argument("--save-checkpoints", type=int, default=0, metavar="N",
+                    help="save the fine-tune of --init at N evenly spread epochs as local-dir folders under "
+                         "OUT/checkpoints: a self-ensemble, passed to protect as more --surrogate local-dir:...")
     ev.add_argument("--epochs", type=int, default=None, help="default: 30 from scratch, 10 fine-tuning")
     ev.add_argument("--lr", type=float, default=None, help="default: 1e-3 from scratch, 1e-5 fine-tuning")
     ev.add_argument("--seeds", type=int, default=1, help="victims with seeds SEED, SEED+1, ...: mean and sd")

@@ -93,3 +93,20 @@ def test_eval_compare_fine_tunes_on_clean_random_noise_and_protected_copies(publ
     assert main(["inspect", str(protected), "--original", str(owner / "train"), "--grid", str(tmp_path / "grid.png"),
                  "--effect", str(tmp_path / "effect" / "compare.json")]) == 0
     assert (tmp_path / "grid.png").stat().st_size > 0
+
+
+def test_a_self_ensemble_is_checkpoints_along_a_fine_tune_passed_as_more_surrogates(public, owner, tmp_path):
+    name = write_local_dir(public, tmp_path / "m")
+    assert main(["eval", "--train", str(owner / "train"), "--test", str(owner / "test"), "--init", name,
+                 "--epochs", "3", "--lr", "1e-3", "--save-checkpoints", "2", "--out", str(tmp_path / "ft")]) == 0
+    folders = sorted(p.name for p in (tmp_path / "ft" / "checkpoints").iterdir())
+    assert folders == ["epoch_2", "epoch_3"]                       # evenly spread, the last one included
+    given = build_named(name).clip.state_dict()
+    members = [f"local-dir:{tmp_path / 'ft' / 'checkpoints' / f}" for f in folders]
+    for member in members:                                           # each loads as open_clip loads a hub model
+        tuned = build_named(member).clip.state_dict()
+        assert any(not torch.equal(tuned[k], given[k]) for k in given)   # moved by the fine-tune
+    out = tmp_path / "out"
+    assert main(["protect", str(owner / "train"), str(out), "--surrogate", name, "--surrogate", members[0],
+                 "--surrogate", members[1], "--outer-iters", "1", "--no-ray", "--quiet"]) == 0
+    assert private_run(out)["config"]["ensemble"] == ",".join(members)

@@ -37,8 +37,35 @@ def gains(final: dict, zero_shot: dict) -> dict:
             for split in final}
 
 
+def checkpoint_epochs(epochs: int, count: int) -> list[int]:
+    """``count`` epochs spread evenly along a fine-tune of ``epochs``, the last one included."""
+    return sorted({max(1, round(epochs * (k + 1) / count)) for k in range(count)})
+
+
+def checkpoint_saver(cfg: VictimConfig, count: int, out: str):
+    """Saves the fine-tune at ``count`` evenly spread epochs as ``local-dir:`` folders under
+    ``OUT/checkpoints``: the members of a self-ensemble (checkpoints along one model's fine-tune on
+    the owner's data), each usable as ``--surrogate local-dir:FOLDER``."""
+    from ..engine import names
+    from .public_models import open_clip_config, save_local_dir
+
+    if names.is_named(cfg.arch):
+        config = names.model_config(cfg.arch)
+    elif cfg.model_config:
+        config = open_clip_config(json.loads(open(cfg.model_config).read()))
+    else:
+        raise ValueError("--save-checkpoints needs --init as an open_clip name or with --model-config")
+    wanted = checkpoint_epochs(cfg.epochs, count)
+
+    def save(epoch: int, model) -> None:
+        if epoch in wanted:
+            name = save_local_dir(model.clip.state_dict(), config, os.path.join(out, "checkpoints", f"epoch_{epoch}"))
+            tqdm.write(f"checkpoint: {name}")
+    return save
+
+
 def run_victim(data, cfg: VictimConfig, device: str = "cpu", show_progress: bool = True,
-               per_epoch_lines: bool = False) -> dict:
+               per_epoch_lines: bool = False, after_epoch=None) -> dict:
     """One victim (``cfg``) on loaded data: final metrics, zero-shot metrics, gain and the curves."""
     train_images, train_captions, tests, _ = data
     bar = tqdm(total=cfg.epochs, desc=f"victim {cfg.arch}", unit="epoch", disable=not show_progress, leave=False)
@@ -51,7 +78,8 @@ def run_victim(data, cfg: VictimConfig, device: str = "cpu", show_progress: bool
                       f"{entry['clean']['i2t_R@10']:.1f}/{entry['clean']['t2i_R@10']:.1f}  prefixed R@10 "
                       f"{entry['prefixed']['i2t_R@10']:.1f}/{entry['prefixed']['t2i_R@10']:.1f}")
 
-    run = train_victim(train_images, train_captions, cfg, tests, device=device, progress=on_epoch)
+    run = train_victim(train_images, train_captions, cfg, tests, device=device, progress=on_epoch,
+                       after_epoch=after_epoch)
     bar.close()
     final = {name: run.epochs[-1][name] for name in tests}
     return {"victim": cfg.__dict__, "n_train": len(train_captions), "n_test": len(tests["clean"][1]),
@@ -60,9 +88,10 @@ def run_victim(data, cfg: VictimConfig, device: str = "cpu", show_progress: bool
 
 
 def evaluate(train_url: str, test_url: str, cfg: VictimConfig, defense: str = "none", device: str = "cpu",
-             show_progress: bool = True, storage_options: dict | None = None, per_epoch_lines: bool = False) -> dict:
+             show_progress: bool = True, storage_options: dict | None = None, per_epoch_lines: bool = False,
+             after_epoch=None) -> dict:
     data = load_eval_data(train_url, test_url, cfg, defense, storage_options)
-    result = run_victim(data, data[3], device, show_progress, per_epoch_lines)
+    result = run_victim(data, data[3], device, show_progress, per_epoch_lines, after_epoch)
     return {**result, "defense": defense, "train": train_url, "test": test_url}
 
 
@@ -224,6 +253,8 @@ def main_eval(args) -> int:
 
     check_defense(args.defense)   # before anything is written
     cfg = victim_config(args)
+    if args.save_checkpoints and (args.seeds != 1 or args.compare or not args.init):
+        raise ValueError("--save-checkpoints saves one fine-tune of --init: not with --seeds or --compare")
     os.makedirs(args.out, exist_ok=True)
     if args.compare:
         if not args.init:
@@ -236,7 +267,9 @@ def main_eval(args) -> int:
         print(json.dumps({"out": args.out, "share_of_clean": {n: r["share_of_clean"] for n, r in result["rows"].items()}}))
         return 0
     if args.seeds == 1:
-        result = evaluate(args.train, args.test, cfg, args.defense, device, per_epoch_lines=args.verbose)
+        saver = checkpoint_saver(cfg, args.save_checkpoints, args.out) if args.save_checkpoints else None
+        result = evaluate(args.train, args.test, cfg, args.defense, device, per_epoch_lines=args.verbose,
+                          after_epoch=saver)
         plot_curves(result, os.path.join(args.out, "retrieval_curve.png"))
         shown = {"final": result["final"], "zero_shot": result["zero_shot"], "gain_R@10": result["gain_R@10"]}
     else:

@@ -117,19 +117,30 @@ def write_local_dir(public: dict, folder: str | Path, mean: tuple | None = None,
     """A pretrained model as open_clip's ``local-dir:`` folder (what a hub download holds):
     ``open_clip_config.json`` (model and preprocess config: CLIP's normalisation unless ``mean`` and
     ``std`` say otherwise) and ``open_clip_pytorch_model.bin``. Returns its name, ``local-dir:FOLDER``."""
-    from ..engine.surrogate import CLIP_MEAN, CLIP_STD
-
-    mean, std = mean or CLIP_MEAN, std or CLIP_STD
     folder = Path(folder)
     if not (folder / "open_clip_pytorch_model.bin").exists():
-        folder.mkdir(parents=True, exist_ok=True)
         config = json.loads(Path(public["model_config"]).read_text())
-        (folder / "open_clip_config.json").write_text(json.dumps(
-            {"model_cfg": config, "preprocess_cfg": {"mean": list(mean), "std": list(std),
-                                                     "interpolation": "bicubic", "resize_mode": "shortest"}}, indent=1))
         state = torch.load(public["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
-        torch.save(state, str(folder / "open_clip_pytorch_model.bin.partial"))
-        os.replace(folder / "open_clip_pytorch_model.bin.partial", folder / "open_clip_pytorch_model.bin")
+        save_local_dir(state, open_clip_config(config, mean, std), folder)
+    return f"local-dir:{folder}"
+
+
+def open_clip_config(model_cfg: dict, mean: tuple | None = None, std: tuple | None = None) -> dict:
+    """The ``open_clip_config.json`` of a local-dir folder: the model config and its preprocessing."""
+    from ..engine.surrogate import CLIP_MEAN, CLIP_STD
+
+    return {"model_cfg": model_cfg, "preprocess_cfg": {"mean": list(mean or CLIP_MEAN), "std": list(std or CLIP_STD),
+                                                       "interpolation": "bicubic", "resize_mode": "shortest"}}
+
+
+def save_local_dir(state_dict: dict, config: dict, folder: str | Path) -> str:
+    """Weights and an ``open_clip_config.json`` as a ``local-dir:`` folder (the weights renamed into
+    place last, so a folder with weights is complete). Returns its name."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=1))
+    torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, str(folder / "open_clip_pytorch_model.bin.partial"))
+    os.replace(folder / "open_clip_pytorch_model.bin.partial", folder / "open_clip_pytorch_model.bin")
     return f"local-dir:{folder}"
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.losses import clip_loss
-from ..engine.surrogate import build_model
+from ..engine.surrogate import ClipModel, build_model
 from ..engine.text import compose, encode_captions
 
 
@@ -98,7 +98,8 @@ def embed(model, images: torch.Tensor, tokens: torch.Tensor, device, batch: int 
 
 def train_victim(train_images: torch.Tensor, train_captions: list[str], cfg: VictimConfig,
                  tests: dict[str, tuple[torch.Tensor, list[str]]], device: str | torch.device = "cpu",
-                 progress: Callable[[dict], None] | None = None, keep_model: bool = False) -> VictimRun:
+                 progress: Callable[[dict], None] | None = None, keep_model: bool = False,
+                 after_epoch: Callable[[int, ClipModel], None] | None = None) -> VictimRun:
     """Train from scratch; evaluate every test set after each epoch. Images: N x 3 x S x S uint8."""
     device = torch.device(device)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -137,6 +138,8 @@ def train_victim(train_images: torch.Tensor, train_captions: list[str], cfg: Vic
         run.epochs.append(entry)
         if progress:
             progress(entry)
+        if after_epoch:   # e.g. saving checkpoints along the fine-tune (a self-ensemble's members)
+            after_epoch(epoch + 1, model)
     if keep_model:
         run.model = model.cpu().eval()
     return run
