@@ -20,7 +20,7 @@ demo: $(VENV)/.installed
 	rm -rf $(DEMO)
 	$(VENV)/bin/mempipe demo-model $(DEMO_CACHE)
 	$(VENV)/bin/mempipe demo-data $(DEMO)/data --train 1000 --test 200 --size 16 --seed 5
-	$(VENV)/bin/mempipe protect $(DEMO)/data/train $(DEMO)/protected --surrogate local-dir:$(DEMO_CACHE)/model --no-ray
+	$(VENV)/bin/mempipe protect $(DEMO)/data/train $(DEMO)/protected --surrogate local-dir:$(DEMO_CACHE)/model
 	$(VENV)/bin/mempipe eval --train $(DEMO)/protected --compare $(DEMO)/data/train --test $(DEMO)/data/test \
 		--init local-dir:$(DEMO_CACHE)/model --lr 1e-3 --out $(DEMO)/effect
 	$(VENV)/bin/mempipe inspect $(DEMO)/protected --original $(DEMO)/data/train --grid $(DEMO)/grid.png \

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import yaml
@@ -56,11 +57,13 @@ def add_protect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-format", default="png",
                    help="keep | png | webp (lossless) | jpeg:Q; keep writes JPEG inputs as PNG (default: %(default)s)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--num-actors", type=int, default=2, help="MEM actors in the Ray pool (default: %(default)s)")
-    p.add_argument("--gpus-per-actor", type=float, default=0.0,
-                   help="GPUs per MEM actor and for the fit task; 0 = CPU actors (default: %(default)s)")
+    p.add_argument("--num-actors", type=int, default=None, help=f"MEM actors in the Ray pool (default: {NUM_ACTORS})")
+    p.add_argument("--gpus-per-actor", type=float, default=None,
+                   help="GPUs per MEM actor and for the fit task; 0 = CPU actors (default: 0)")
     p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: start a local Ray)")
-    p.add_argument("--no-ray", action="store_true", help="run in this process, without Ray")
+    p.add_argument("--no-ray", action="store_true",
+                   help=f"run in this process, without Ray (the default for an input of at most {SMALL_RUN_SHARDS} "
+                        "shards when no Ray setting is given: a small run does not pay for starting a cluster)")
     p.add_argument("--record", help="the owner's private record: triggers, clusters, per-sample measures "
                    "(default: OUTPUT_mempipe_record beside the output; never publish it)")
     p.add_argument("--provenance", choices=("public", "full"), default="public",
@@ -81,6 +84,20 @@ def add_protect_arguments(p: argparse.ArgumentParser) -> None:
                    help="decoded pixels for one shard, in millions (default 2000); images past it are recorded as failed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="Ray's own logs, operator tables and worker output")
+
+
+NUM_ACTORS = 2
+SMALL_RUN_SHARDS = 2
+
+
+def small_run(args: argparse.Namespace, storage_options: dict) -> bool:
+    """Whether ``protect`` runs in this process on its own: no Ray setting given (actors, GPUs, an
+    address) and an input of at most SMALL_RUN_SHARDS shards (one listing tells)."""
+    from .io.shards import list_shards
+
+    if args.num_actors is not None or args.gpus_per_actor is not None or args.ray_address or os.environ.get("RAY_ADDRESS"):
+        return False
+    return len(list_shards(args.input, storage_options)) <= SMALL_RUN_SHARDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,6 +253,11 @@ def _protect(args: argparse.Namespace) -> int:
 
         args.output, args.record = new_version(args.output, args.record, options)
         print(f"mempipe: new run: protecting into {args.output} (record {args.record})", file=sys.stderr)
+    if not args.no_ray and small_run(args, options):
+        args.no_ray = True
+        if not args.quiet:
+            print(f"mempipe: a small input (at most {SMALL_RUN_SHARDS} shards): protecting in this process, without "
+                  "starting Ray (--num-actors N to use Ray anyway)", file=sys.stderr)
     if args.no_ray:
         record = protect(args.input, args.output, cfg, args.image_format, options, device=args.device,
                          show_progress=not args.quiet, record_url=args.record, provenance=args.provenance,
@@ -243,10 +265,11 @@ def _protect(args: argparse.Namespace) -> int:
     else:
         from .run.pipeline import run_pipeline
 
-        if args.num_actors < 1:
+        num_actors = NUM_ACTORS if args.num_actors is None else args.num_actors
+        if num_actors < 1:
             raise ValueError("--num-actors must be at least 1")
         record = run_pipeline(args.input, args.output, cfg, args.image_format, options, args.partition,
-                              args.num_actors, args.gpus_per_actor, args.ray_address, record_url=args.record,
+                              num_actors, args.gpus_per_actor or 0.0, args.ray_address, record_url=args.record,
                               provenance=args.provenance, show_progress=not args.quiet, verbose=args.verbose,
                               limits=limits, break_lock=args.break_lock, window=args.window)
     failed_shards = record.get("shards_failed") or []

@@ -121,6 +121,21 @@ def test_a_window_below_one_is_refused(demo_small, tmp_path, capsys):
     assert "--window must be at least 1" in capsys.readouterr().err
 
 
+def test_a_small_input_runs_in_this_process_unless_a_ray_setting_is_given(demo_small, tmp_path, capsys, monkeypatch):
+    from mempipe import cli
+
+    started = []
+    monkeypatch.setattr("mempipe.run.pipeline.run_pipeline", lambda *a, **k: started.append(1) or {})
+    argv = ["protect", str(demo_small / "test"), str(tmp_path / "o"), "--method", "random"]
+    assert main(argv) == 0                                   # one shard: no Ray start
+    assert not started and private_run(tmp_path / "o")["engine"] == "local"
+    assert "without starting Ray" in capsys.readouterr().err
+    args = cli.build_parser().parse_args(argv + ["--num-actors", "1"])
+    assert not cli.small_run(args, {})                       # a Ray setting asks for Ray
+    monkeypatch.setattr(cli, "SMALL_RUN_SHARDS", 0)
+    assert not cli.small_run(cli.build_parser().parse_args(argv), {})   # more shards than a small run
+
+
 def test_random_trigger_placement_through_the_cli(demo_small, tmp_path, fast_config, capsys):
     """Beyond the paper: the trigger lands at the recorded word boundary of the written caption,
     so deleting the first k words leaves it in most captions."""
