@@ -188,7 +188,8 @@ def self_ensemble(letter: str) -> list:
         data = owner_data()
         command = [sys.executable, "-m", "mempipe.cli", "eval", "--train", data["train"], "--test", data["test"],
                    "--init", f"local-dir:{local_dir(letter)}", "--epochs", str(SELF_ENSEMBLE["epochs"]),
-                   "--lr", str(SELF_ENSEMBLE["lr"]), "--save-checkpoints", str(SELF_ENSEMBLE["checkpoints"]),
+                   "--lr", str(SELF_ENSEMBLE["lr"]), "--batch-size", str(THIEF["batch_size"]),
+                   "--save-checkpoints", str(SELF_ENSEMBLE["checkpoints"]),
                    "--out", str(out)]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         subprocess.run(command, env=env, check=True, capture_output=True)
@@ -470,6 +471,33 @@ def run_rows(rows: list[str], victims: list[str], seeds: list[int], out: Path) -
                       f"loss {result['loss_curve'][-1:]} ({result['seconds']}s)", flush=True)
 
 
+def fast_victim_rows(rows: list[str], victims: list[str], out: Path) -> None:
+    """The project's own fast victim (``mempipe eval --init``: the same public model, the same lr and
+    epochs, no crop, images resized to its input) on the same training shards as open_clip_train's
+    rows: what the search for methods runs, checked against the real trainer."""
+    body = json.loads(out.read_text()) if out.exists() else {"meta": meta(), "rows": []}
+    done = {(r["row"], r["victim"]) for r in body["rows"]}
+    data = owner_data()
+    for victim in victims:
+        for row in rows:
+            if (row, victim) in done:
+                continue
+            target = WORK / "fast" / f"{row}-{victim}"
+            command = [sys.executable, "-m", "mempipe.cli", "eval", "--train", row_shards(row), "--test", data["test"],
+                       "--init", f"local-dir:{local_dir(victim)}", "--epochs", str(THIEF["epochs"]),
+                       "--lr", str(THIEF["lr"]), "--batch-size", str(THIEF["batch_size"]), "--out", str(target)]
+            started = time.time()
+            subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, check=True,
+                           capture_output=True)
+            metrics = json.loads((target / "metrics.json").read_text())
+            entry = {"row": row, "victim": victim, "gain": metrics["gain_R@10"], "seconds": round(time.time() - started, 1),
+                     "commit": commit(), "victim_config": {k: metrics["victim"][k] for k in ("lr", "epochs", "batch_size")}}
+            body = json.loads(out.read_text()) if out.exists() else {"meta": meta(), "rows": []}
+            body["rows"].append(entry)
+            out.write_text(json.dumps(body, indent=1))
+            print(f"fast victim {victim} {row}: gain {entry['gain']['clean']} ({entry['seconds']}s)", flush=True)
+
+
 # ---------------------------------------------------------------- freeze and report
 
 def gain_stats(runs: list[dict], split: str) -> dict:
@@ -610,6 +638,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--diagnose", help="comma-separated rows: each public model's loss on their training sets "
                                        "-> bench/results/thief_diagnosis.json")
     ap.add_argument("--report", help="comma-separated row files -> bench/results/effectiveness_thief.json")
+    ap.add_argument("--fast-victim", help="comma-separated rows: the project's fast victim on their shards "
+                                          "-> bench/results/partial/thief_fast_victim.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -620,6 +650,9 @@ def main(argv: list[str]) -> int:
     if args.diagnose:
         body = {"meta": meta(), "loss": diagnose(args.diagnose.split(","), victims)}
         (RESULTS / "thief_diagnosis.json").write_text(json.dumps(body, indent=1))
+        return 0
+    if args.fast_victim:
+        fast_victim_rows(args.fast_victim.split(","), victims, Path(args.out or RESULTS / "partial" / "thief_fast_victim.json"))
         return 0
     if args.report:
         body = report([Path(p) for p in args.report.split(",")])

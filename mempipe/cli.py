@@ -149,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "OUT/checkpoints: a self-ensemble, passed to protect as more --surrogate local-dir:...")
     ev.add_argument("--epochs", type=int, default=None, help="default: 30 from scratch, 10 fine-tuning")
     ev.add_argument("--lr", type=float, default=None, help="default: 1e-3 from scratch, 1e-5 fine-tuning")
+    ev.add_argument("--batch-size", type=int, default=None, help="default: 128")
     ev.add_argument("--seeds", type=int, default=1, help="victims with seeds SEED, SEED+1, ...: mean and sd")
     ev.add_argument("--defense", default="none", help="none | jpeg:Q | grayscale | strip:K | crop")
     ev.add_argument("--out", required=True)

@@ -161,6 +161,8 @@ def victim_config(args) -> VictimConfig:
         fields["lr"] = args.lr
     if args.epochs is not None:
         fields["epochs"] = args.epochs
+    if args.batch_size is not None:
+        fields["batch_size"] = args.batch_size
     return VictimConfig(**fields)
 
 
