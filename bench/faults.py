@@ -41,7 +41,8 @@ from fault_proxy import FaultProxy  # noqa: E402
 
 from mempipe.data.demo_data import sample_for  # noqa: E402
 from mempipe.io.images import encode  # noqa: E402
-from mempipe.io.shards import ShardOutput, iter_shard, write_shard  # noqa: E402
+from mempipe.io.shards import ShardOutput, write_shard  # noqa: E402
+from mempipe.io.storage import part_bytes, read_part_bytes  # noqa: E402
 
 # the default method at a bench's size: the fit trains its surrogate for real, units are cheap
 FAST_ENGINE = "outer_iters: 2\ntrain_steps: 6\npgd_steps: 2\nhotflip_iters: 1\ncandidates: 4\nbatch_size: 64\n"
@@ -75,8 +76,9 @@ def write_large_shards(folder: str, shards: int, per_shard: int, size: int, seed
     return keys
 
 
-def audit(fs, prefix: str, input_keys: list[str]) -> dict:
-    """Every input key must be protected exactly once or recorded as failed."""
+def audit(fs, prefix: str, input_keys: list[str], failed_shards: list[str]) -> dict:
+    """Every input key must be protected exactly once, recorded as failed, or in a shard the run
+    record names as failed (a shard that could not be read or written at all)."""
     protected, failed = Counter(), Counter()
     for path in (p for p in fs.ls(prefix, refresh=True) if p.endswith(".tar")):
         with tarfile.open(fileobj=io.BytesIO(fs.cat_file(path))) as tar:
@@ -87,8 +89,10 @@ def audit(fs, prefix: str, input_keys: list[str]) -> dict:
             if row["status"] != "success":
                 failed[row["key"]] += 1
     seen = protected + failed
+    in_failed_shard = [k for k in input_keys if k not in seen and k[:5] in failed_shards]
     return {"keys_in": len(input_keys), "keys_protected": len(protected), "keys_failed": len(failed),
-            "lost": sum(1 for k in input_keys if k not in seen),
+            "keys_in_failed_shards": len(in_failed_shard),
+            "lost": sum(1 for k in input_keys if k not in seen and k[:5] not in failed_shards),
             "duplicated": sum(1 for k, n in seen.items() if n > 1)}
 
 
@@ -173,7 +177,7 @@ def main() -> None:
         row = {"connection_fault_rate": rate, "reset_per_64KB": midstream, "runs": len(runs),
                "completed": runs[-1]["exit_code"] == 0 and bool(runs[-1]["summary"])
                and runs[-1]["summary"].get("shards_failed") == 0,
-               **audit(fs, out, input_keys),
+               **audit(fs, out, input_keys, [f["shard"] for f in record.get("shards_failed", [])]),
                "requests": proxy.counts["requests"], "faults_injected": proxy.faults_injected(),
                "faults_by_kind": {k.split(":", 1)[1]: v for k, v in sorted(proxy.counts.items()) if ":" in k},
                "retries_last_run": record.get("retries", {}),
@@ -195,7 +199,8 @@ def main() -> None:
                        "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                                                 text=True).stdout.strip(),
                        "shards": args.shards, "per_shard": args.per_shard, "image_px": args.size,
-                       "shard_MB": shard_mb, "part_MB": int(os.environ.get("MEMPIPE_PART_MB", "8")),
+                       "shard_MiB": shard_mb, "part_MiB": part_bytes() // 2**20,
+                       "read_range_MiB": read_part_bytes() / 2**20,
                        "engine": FAST_ENGINE.strip().replace("\n", "; "), "rows": rows}, f, indent=1)
     server.stop()
 

@@ -329,21 +329,22 @@ def faults_table() -> str:
     data = _result("faults")
     if data is None:
         return "(not measured yet: `python bench/faults.py`, writing faults.json)"
-    if "shard_MB" not in data:
+    if "shard_MiB" not in data:
         return "(faults.json is from an older version of the bench: run `python bench/faults.py` again)"
     lines = [f"`bench/faults.py`: {data['what']}. {data['shards']} shards of {data['per_shard']} samples "
-             f"({', '.join(str(m) for m in data['shard_MB'])} MB each, {data['image_px']} px PNG), parts of "
-             f"{data['part_MB']} MB; a row that ends with failed shards is run again, at most twice.", "",
-             "| connection faults / resets per 64 KB | runs | keys in | protected | failed | lost | duplicated | "
-             "faults injected | retries (last run) | MB sent up (stored) | time vs fault-free |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"({', '.join(str(m) for m in data['shard_MiB'])} MiB each, {data['image_px']} px PNG), upload parts of "
+             f"{data['part_MiB']} MiB, ranged reads of {data['read_range_MiB']:g} MiB; a row that ends with failed "
+             "shards is run again, at most twice.", "",
+             "| connection faults / resets per 64 KB | runs | keys in | protected | failed | in failed shards | lost | "
+             "duplicated | faults injected | retries (last run) | MiB sent up (stored) | time vs fault-free |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["rows"]:
         kinds = ", ".join(f"{k} {v}" for k, v in r["faults_by_kind"].items()) or "none"
         retries = ", ".join(f"{k} {v}" for k, v in sorted(r["retries_last_run"].items())) or "none"
         lines.append(f"| {r['connection_fault_rate']:.0%} / {r['reset_per_64KB']:.0%} | {r['runs']} | {r['keys_in']} | "
-                     f"{r['keys_protected']} | {r['keys_failed']} | {r['lost']} | {r['duplicated']} | "
-                     f"{r['faults_injected']} ({kinds}) | {retries} | {r['bytes_up_MB']} ({r['bytes_stored_MB']}) | "
-                     f"{r['time_vs_fault_free']}x ({r['seconds']} s) |")
+                     f"{r['keys_protected']} | {r['keys_failed']} | {r['keys_in_failed_shards']} | {r['lost']} | "
+                     f"{r['duplicated']} | {r['faults_injected']} ({kinds}) | {retries} | {r['bytes_up_MB']} "
+                     f"({r['bytes_stored_MB']}) | {r['time_vs_fault_free']}x ({r['seconds']} s) |")
     return "\n".join(lines)
 
 

@@ -376,3 +376,28 @@ def test_the_fits_storage_failure_is_one_line_and_exit_3_and_a_rerun_uploads_wit
     assert record["samples_protected"] == 300 and record["fit"]["loaded_from_local_cache"]
     print(f"failed run (fit, then the upload fails) {failed_run_s:.1f} s; rerun (upload, then protect) {rerun_s:.1f} s, "
           f"its fit phase {record['fit']['seconds']} s as first fitted")
+
+
+def test_on_ray_the_fits_storage_failure_is_one_line_and_exit_3(s3_server, s3_bucket, tmp_path):
+    """The record's surrogate cannot be read back (a resumed run through an outage): one line, exit 3."""
+    import s3fs
+
+    write_split(str(tmp_path / "local"), 40, 32, seed=6, first_index=0, per_shard=20)
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server["AWS_ENDPOINT_URL"]})
+    for path in sorted((tmp_path / "local").iterdir()):
+        fs.put_file(str(path), f"{s3_bucket}/in/{path.name}")
+    env = {**os.environ, "MEMPIPE_IO_MAX_WAIT": "0.2", "MEMPIPE_IO_ATTEMPTS": "2"}
+    with FaultProxy(s3_server["AWS_ENDPOINT_URL"]) as proxy:
+        cmd = [sys.executable, "-m", "mempipe.cli", "protect", f"s3://{s3_bucket}/in", f"s3://{s3_bucket}/out",
+               "--outer-iters", "1", "--train-steps", "2", "--pgd-steps", "1", "--hotflip-iters", "1", "--candidates",
+               "2", "--unit-size", "20", "--num-actors", "1", "--quiet", "--storage-options", _options(proxy, 2)]
+        assert subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600).returncode == 0
+        fs.invalidate_cache()
+        for path in fs.ls(f"{s3_bucket}/out"):
+            if "00001" in path:
+                fs.rm(path)
+        proxy.fail_always.add("surrogate.pt")
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    err = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 3
+    assert len(err) == 1 and err[0].startswith("mempipe: storage failure: read surrogate.pt failed after 2 attempts")

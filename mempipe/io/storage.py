@@ -104,11 +104,23 @@ def _count_request_retries(fs: fsspec.AbstractFileSystem) -> None:
     fs._mempipe_counting = True
 
 
+def _retry_resets_in_s3fs() -> None:
+    """A connection reset while a request body is being sent (an upload part in mid-transfer) comes
+    back from aiobotocore as EndpointConnectionError, which s3fs does not retry: register it (s3fs's
+    own hook), so that each part gets s3fs's retries on top of botocore's."""
+    import botocore.exceptions
+    import s3fs.core
+
+    if botocore.exceptions.EndpointConnectionError not in s3fs.core.S3_RETRYABLE_ERRORS:
+        s3fs.core.add_retryable_error(botocore.exceptions.EndpointConnectionError)
+
+
 def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """Return ``(fs, path)`` for a URL; ``path`` is what the filesystem's methods take."""
     options = _with_env_endpoint(url, dict(storage_options or {}))
     fs, path = url_to_fs(url, **options)
     if is_s3(fs):
+        _retry_resets_in_s3fs()
         _count_request_retries(fs)
     return fs, path.rstrip("/") if path not in ("/",) else path
 
@@ -161,8 +173,15 @@ def _write_once(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
 
 
 def part_bytes() -> int:
-    """Multipart part size (``MEMPIPE_PART_MB``, default 8 MiB: small enough for a flaky link to carry)."""
-    return max(5, int(os.environ.get("MEMPIPE_PART_MB", "8"))) * 2**20
+    """Multipart upload part size (``MEMPIPE_PART_MB``, default 5 MiB, S3's smallest: the shortest
+    transfer, the likeliest to get through a flaky link)."""
+    return max(5, int(os.environ.get("MEMPIPE_PART_MB", "5"))) * 2**20
+
+
+def read_part_bytes() -> int:
+    """Ranged-read size (``MEMPIPE_READ_MB``, default 1 MiB; reads have no smallest size). A range
+    cut in mid-transfer is fetched again alone."""
+    return max(1, int(float(os.environ.get("MEMPIPE_READ_MB", "1")) * 2**20))
 
 
 def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
@@ -177,9 +196,9 @@ def is_s3(fs: fsspec.AbstractFileSystem) -> bool:
 
 
 def open_for_reading(fs: fsspec.AbstractFileSystem, path: str):
-    """A file to stream from. On S3 it reads in ranged GETs of one part each (``MEMPIPE_PART_MB``),
-    each retried by s3fs on its own: a reset in mid-transfer costs one part, not the object."""
-    return fs.open(path, "rb", block_size=part_bytes()) if is_s3(fs) else fs.open(path, "rb")
+    """A file to stream from. On S3 it reads in ranged GETs of ``read_part_bytes()`` each, each
+    retried by s3fs on its own: a reset in mid-transfer costs one range, not the object."""
+    return fs.open(path, "rb", block_size=read_part_bytes()) if is_s3(fs) else fs.open(path, "rb")
 
 
 def _read_in_parts(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
@@ -187,7 +206,7 @@ def _read_in_parts(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
         return fs.cat_file(path)
     chunks = []
     with open_for_reading(fs, path) as f:
-        while chunk := f.read(part_bytes()):   # one ranged GET per part (a whole read() would be one GET)
+        while chunk := f.read(read_part_bytes()):   # one ranged GET per part (a whole read() would be one GET)
             chunks.append(chunk)
     return b"".join(chunks)
 
