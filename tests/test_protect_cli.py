@@ -160,16 +160,6 @@ def test_random_trigger_placement_through_the_cli(demo_small, tmp_path, fast_con
     assert record["config"]["pgd_objective"] == "joint" and record["config"]["trigger_placement"] == "random"
 
 
-def image_and_caption_bytes(shard) -> dict[str, bytes]:
-    """A shard's members except the per-sample metadata (which names the run that wrote it)."""
-    import io
-    import tarfile
-
-    data = shard.read_bytes() if hasattr(shard, "read_bytes") else shard
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if not m.name.endswith(".json")}
-
-
 def test_shared_surrogate_trained_once_saved_and_reused(demo_small, tmp_path, fast_config):
     """The default (--surrogate shared): one surrogate per run, an open_clip checkpoint in the private
     record, every unit starts from it, and a later run on the same output loads it instead of training."""
@@ -194,14 +184,6 @@ def test_shared_surrogate_trained_once_saved_and_reused(demo_small, tmp_path, fa
     stored = torch.load(checkpoint, weights_only=True)["state_dict"]
     assert all(v.dtype == torch.float16 for v in stored.values() if v.is_floating_point())   # half the bytes
 
-    # a shard protected again after a resume (the surrogate loaded from the record) has the same bytes:
-    # the first run used the surrogate rounded exactly as it was stored
-    first_bytes = (out / "00000.tar").read_bytes()
-    for name in ("00000.tar", "00000_stats.json", "00000.parquet"):
-        (out / name).unlink()
-    assert main(argv) == 0
-    assert private_run(out)["surrogate"]["trained_this_run"] is False
-    assert image_and_caption_bytes(out / "00000.tar") == image_and_caption_bytes(first_bytes)
 
     # a new shard arrives: the next run protects it against the same surrogate, without training one
     (inp / "00001.tar").write_bytes((demo_small / "test" / "00000.tar").read_bytes())

@@ -401,3 +401,23 @@ def test_on_ray_the_fits_storage_failure_is_one_line_and_exit_3(s3_server, s3_bu
     err = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 3
     assert len(err) == 1 and err[0].startswith("mempipe: storage failure: read surrogate.pt failed after 2 attempts")
+
+
+def test_a_resumed_run_loads_the_very_surrogate_the_first_run_used(tmp_path):
+    """The record stores a trained surrogate in half precision, and the first run uses it rounded the
+    same way: what a resume loads equals, weight for weight, what the first run protected with."""
+    import torch
+
+    from mempipe.engine import MEMConfig
+    from mempipe.engine.surrogate import build_model
+    from mempipe.run.fit import FitState, load_fit, round_to_stored, save_fit
+
+    cfg = MEMConfig(arch="tiny-vit", image_size=32, context_length=16)
+    trained = build_model(cfg.arch, cfg.image_size, cfg.context_length, seed=3)
+    state = FitState({}, "hash", surrogate=round_to_stored(trained))
+    save_fit(str(tmp_path / "record"), state, "run-1", None)
+    loaded = load_fit(str(tmp_path / "record"), cfg, None).surrogate.clip.state_dict()
+    used = trained.clip.state_dict()
+    assert all(torch.equal(loaded[k], used[k]) for k in used)
+    stored = torch.load(tmp_path / "record" / "surrogate.pt", weights_only=True)["state_dict"]
+    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
