@@ -148,7 +148,7 @@ def fit(urls: list[str], cfg: MEMConfig, settings: dict[str, Any], storage_optio
         ids, centroids = kmeans(feats, min(cfg.clusters, len(sample)), cfg.seed)
         state.centroids, sample_clusters = np.asarray(centroids, dtype=np.float32), ids
     if frozen:
-        state.surrogate, state.surrogate_as_given = train_shared_surrogate(None, [], cfg, device).cpu().eval(), True
+        state.surrogate, state.surrogate_as_given = _pretrained_as_given(cfg), True
     elif needs_model and cfg.surrogate == "shared" and sample:
         head = slice(0, cfg.unit_size)
         state.surrogate = round_to_stored(train_shared_surrogate(images[head], captions[head], cfg, device).cpu().eval())

@@ -15,6 +15,7 @@ again is quarantined while the run goes on.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -210,10 +211,8 @@ def _run_locked(input_url, output_url, cfg, image_format, storage_options, parti
     try:
         fitted = ray.get(summary_ref)
     except ray.exceptions.RayTaskError as exc:   # the fit's storage failure, as one line (exit 3), not Ray's traceback
-        try:
+        with contextlib.suppress(ray.exceptions.RayTaskError):
             ray.get(fit_ref)   # the state's ref holds the same error: read, so Ray does not print it as unhandled
-        except ray.exceptions.RayTaskError:
-            pass
         if isinstance(exc.cause, StorageError):
             raise exc.cause from None
         raise
