@@ -28,7 +28,7 @@ demo: $(VENV)/.installed
 	@echo "grid and gains: $(DEMO)/grid.png"
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -ra --durations=15 tests
+	$(PY) -m pytest -q -ra --durations=15   # testpaths: tests, then bench/tests
 
 bench-effectiveness: $(VENV)/.installed
 	$(PY) bench/effectiveness.py

@@ -42,12 +42,12 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from mempipe.evaluation.datasets import load_pairs, prefix_random_words  # noqa: E402
-from mempipe.data.demo_data import write_demo_data  # noqa: E402
+from mempipe.data.demo_data import Style, write_demo_data  # noqa: E402
 from mempipe.evaluation.evaluate import PREFIX_WORDS  # noqa: E402
 from mempipe.evaluation.victim import VictimConfig, train_victim  # noqa: E402
+from mempipe_research.results import write_result  # noqa: E402
 
 CLEAN_RANGE = (15.0, 70.0)
 CONTROL_SHARE = 0.70
@@ -115,7 +115,7 @@ def finish(results: dict, out: Path) -> None:
         results["pick"] = pick(judged)
         plot(results, out.with_suffix(".png"))
         print("pick:", results["pick"], flush=True)
-    out.write_text(json.dumps(results, indent=1))
+    write_result(out, results)
 
 
 def merge(parts: list[Path], out: Path) -> int:
@@ -167,8 +167,7 @@ def main() -> int:
     for level in [float(x) for x in args.levels.split(",")]:
         data = Path(args.work) / (f"d{level}" + (f"_c{args.captions_per_image}" if args.captions_per_image > 1 else ""))
         if not (data / "test").exists():
-            write_demo_data(str(data), args.train, args.test, size=64, seed=args.seed, style="photo", difficulty=level,
-                            captions_per_image=args.captions_per_image)
+            write_demo_data(str(data), args.train, args.test, size=64, seed=args.seed, style=Style("photo", level, args.captions_per_image))
         images, captions, _ = load_pairs(str(data / "train"), 64)
         test_images, test_captions, _ = load_pairs(str(data / "test"), 64)
         entry = results["levels"].setdefault(str(level), {})
@@ -183,7 +182,7 @@ def main() -> int:
             entry["chance_R@10"] = victim.epochs[-1]["clean"]["chance_R@10"]
             print(f"difficulty {level}: {run:13s} R@10 {curve[-1][0]:5.1f}/{curve[-1][1]:5.1f} "
                   f"(epoch 10: {curve[min(10, len(curve)) - 1]})  {entry[run]['seconds']}s", flush=True)
-            out.write_text(json.dumps(results, indent=1))
+            write_result(out, results)
     finish(results, out)
     return 0
 

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from mempipe_research.results import write_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,7 +66,7 @@ def main() -> int:
             "table": {name: {"gain_R@10": row["gain_R@10"]["clean"], "share_of_clean": row["share_of_clean"]}
                       for name, row in effect["rows"].items()},
             "victim": {k: effect["victim"][k] for k in ("arch", "image_size", "epochs", "lr")}}
-    Path(args.out).write_text(json.dumps(body, indent=1))
+    write_result(Path(args.out), body)
     print(json.dumps(body, indent=1))
     return 0
 

@@ -1,4 +1,4 @@
-"""Effectiveness benchmark (DESIGN section 5): does a victim trained on protected shards learn?
+"""Effectiveness benchmark: does a victim trained on protected shards learn?
 
 Protects demo data with every method, builds the control and ablation sets, applies
 the countermeasures, trains victims from scratch and tests retrieval on the clean test
@@ -33,15 +33,16 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from mempipe.evaluation.datasets import insert_random_words, prefix_random_words, random_words  # noqa: E402
-from mempipe.data.demo_data import PHOTO_CAPTIONS_PER_IMAGE, PHOTO_DIFFICULTY, write_demo_data  # noqa: E402
+from mempipe.data.demo_data import PHOTO_CAPTIONS_PER_IMAGE, PHOTO_DIFFICULTY, Style, write_demo_data  # noqa: E402
 from mempipe.engine import preset  # noqa: E402
 from mempipe.evaluation.evaluate import evaluate, plot_curves  # noqa: E402
 from mempipe.evaluation.inspect_output import summarize  # noqa: E402
-from mempipe.run.protect import protect  # noqa: E402
-from mempipe.io.shards import ShardOutput, iter_shard, list_shards, shard_name, write_shard  # noqa: E402
+from mempipe.run.in_process import protect  # noqa: E402
+from mempipe_research.controls import (derive, global_random_words_captions, group_random_words_captions,  # noqa: E402
+                                      placed_random_words_captions, random_words_captions)
+from mempipe_research.report import merge  # noqa: E402
+from mempipe_research.results import write_result  # noqa: E402
 from mempipe.evaluation.victim import VictimConfig  # noqa: E402
 
 # protected variants: name -> engine overrides on the preset
@@ -136,56 +137,6 @@ DEFAULT_ORDER = ["clean", "random-words", "mem3", "mem3+strip", "em", "random", 
                  "mem3-rand+grayscale", "conv", "conv-sample"]
 
 
-def derive(name: str, images_from: str, captions_from: str, out: Path, caption_fn=None) -> str:
-    """A training set with the images of one shard set and the captions of another."""
-    if (out / "done").exists():
-        return str(out)
-    for index, url in enumerate(list_shards(images_from)):
-        caps = {s.key: s.caption for s in iter_shard(os.path.join(captions_from, shard_name(url) + ".tar")) if not s.error}
-        samples = [s for s in iter_shard(url) if not s.error and s.key in caps]
-        captions = [caps[s.key] for s in samples]
-        if caption_fn:  # told the shard's index, so that random draws differ from shard to shard
-            captions = caption_fn(captions, index)
-        write_shard(str(out), shard_name(url), [ShardOutput(s.key, s.image, s.image_ext, c, s.meta)
-                                                 for s, c in zip(samples, captions)], record_timing=False)
-    (out / "done").write_text(name)
-    return str(out)
-
-
-def random_words_captions(seed: int):
-    """The random-words control's caption edit for derive: fresh words in every shard."""
-    return lambda caps, shard: prefix_random_words(caps, 3, seed=seed + 99 + 1000 * shard)
-
-
-def placed_random_words_captions(seed: int):
-    """The matched control of mem3-rand for derive: 3 random common words at a random word boundary."""
-    return lambda caps, shard: insert_random_words(caps, 3, seed=seed + 99 + 1000 * shard, vocabulary="common")
-
-
-def global_random_words_captions(seed: int):
-    """The matched control of mem3-global for derive: one random triple in front of every caption."""
-    words = random_words(1, 3, seed=seed + 55)[0]
-    return lambda caps, shard: [words + " " + c for c in caps]
-
-
-def group_random_words_captions(seed: int, trigger_len: int = 3):
-    """The matched control of a shared-trigger set, for derive on its captions: each distinct trigger
-    (the first trigger_len words) becomes k random words, the same for every caption that shared it,
-    across shards. Same grouping, same caption format, nothing optimised."""
-    replacement: dict[str, str] = {}
-
-    def edit(caps: list[str], shard: int) -> list[str]:
-        out = []
-        for caption in caps:
-            words = caption.split()
-            trigger = " ".join(words[:trigger_len])
-            if trigger not in replacement:
-                replacement[trigger] = random_words(1, trigger_len, seed=seed + 77 + len(replacement))[0]
-            out.append(replacement[trigger] + " " + " ".join(words[trigger_len:]))
-        return out
-    return edit
-
-
 # derived training sets: name -> (work dir under derived/, images from, captions from, caption edit(seed) or None)
 DERIVED = {
     "random-words": ("random-words", "clean", "clean", random_words_captions),
@@ -197,26 +148,6 @@ DERIVED = {
     "random-words-rand": ("random-words-rand", "clean", "clean", placed_random_words_captions),
     "random-words-global": ("random-words-global", "clean", "clean", global_random_words_captions),
 }
-
-
-def merge(parts: list[Path], out: Path) -> int:
-    """Join result files of processes that ran disjoint rows side by side (one thread each on a CPU)."""
-    merged: dict = {"rows": [], "protection": {}}
-    for part in parts:
-        data = json.loads(part.read_text())
-        merged.setdefault("meta", {**data["meta"], "merged_from": [p.name for p in parts]})
-        # a set re-protected by a later run keeps the first record: it describes the bytes the earlier
-        # rows were trained on (the later run's record stays in its own partial file)
-        for name, record in data["protection"].items():
-            merged["protection"].setdefault(name, record)
-        seen = {(r["row"], r["victim"]) for r in merged["rows"]}
-        clash = [r["row"] for r in data["rows"] if (r["row"], r["victim"]) in seen]
-        if clash:
-            raise SystemExit(f"{part}: rows {clash} are already in an earlier file")
-        merged["rows"] += data["rows"]
-    out.write_text(json.dumps(merged, indent=1))
-    print(f"{out}: {len(merged['rows'])} rows from {len(parts)} files")
-    return 0
 
 
 def main() -> int:
@@ -260,8 +191,7 @@ def main() -> int:
     work = Path(args.work)
     data = work / "data"
     if not (data / "test").exists():
-        write_demo_data(str(data), args.train, args.test, size=64, seed=args.seed, style=args.style,
-                        difficulty=args.difficulty, captions_per_image=args.captions_per_image)
+        write_demo_data(str(data), args.train, args.test, size=64, seed=args.seed, style=Style(args.style, args.difficulty, args.captions_per_image))
     clean = str(data / "train")
     # the demo-scenes table was measured with a surrogate per unit, before the default moved to shared
     style_default = {} if photo else {"surrogate": "per-unit"}
@@ -278,8 +208,7 @@ def main() -> int:
     for name, overrides in VARIANTS.items():
         if name in needed:
             out = work / ("protected" + args.tag.replace("@", "_")) / name
-            record = protect(clean, str(out), base.with_overrides(**overrides), "png", device=args.device,
-                             show_progress=False)
+            record = protect(clean, str(out), base.with_overrides(**overrides), "png", device=args.device).to_dict()
             sets[name] = str(out)
             if record["shards_written"] == 0:  # already protected by an earlier run: keep that run's record
                 continue
@@ -310,7 +239,7 @@ def main() -> int:
             set_name, defense, what = ROWS[row]
             started = time.time()
             result = evaluate(sets[set_name], str(data / "test"), VictimConfig(arch=victim, epochs=args.epochs, seed=args.seed),
-                              defense, args.device, show_progress=False)
+                              defense, args.device, progress="off")
             if row in ("clean", "mem3") and victim == "tiny-resnet" and not args.tag:
                 plot_curves(result, str(results_dir / f"curve_{row}_{victim}{'_photo' if photo else ''}.png"))
             entry = {"source": f"{args.device}: {results['meta'].get('gpu') or platform.node()}, {time.strftime('%Y-%m-%d')}",
@@ -322,9 +251,7 @@ def main() -> int:
             c, p = result["final"]["clean"], result["final"]["prefixed"]
             print(f"{victim:12s} {row:16s} clean R@10 {c['i2t_R@10']:5.1f}/{c['t2i_R@10']:5.1f}  "
                   f"prefixed {p['i2t_R@10']:5.1f}/{p['t2i_R@10']:5.1f}  ({entry['seconds']}s)", flush=True)
-            os.makedirs(os.path.dirname(args.out), exist_ok=True)
-            with open(args.out, "w") as f:
-                json.dump(results, f, indent=1)
+            write_result(args.out, results)
     return 0
 
 

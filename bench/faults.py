@@ -22,10 +22,8 @@ import argparse
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections import Counter
@@ -35,24 +33,15 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))  # the fault proxy lives with the tests that use it
-
-from fault_proxy import FaultProxy  # noqa: E402
 
 from mempipe.data.demo_data import sample_for  # noqa: E402
 from mempipe.io.images import encode  # noqa: E402
-from mempipe.io.shards import ShardOutput, write_shard  # noqa: E402
+from mempipe.io.shards import ShardOutput, iter_shard, write_shard  # noqa: E402
 from mempipe.io.storage import part_bytes, read_part_bytes  # noqa: E402
+from mempipe_research.results import write_result  # noqa: E402
+from mempipe_research.testing import FAST_ENGINE, FaultProxy, fast_config, moto_s3  # noqa: E402
 
-# the default method at a bench's size: the fit trains its surrogate for real, units are cheap
-FAST_ENGINE = "outer_iters: 2\ntrain_steps: 6\npgd_steps: 2\nhotflip_iters: 1\ncandidates: 4\nbatch_size: 64\n"
 DEFAULT_ROWS = ["0:0", "0.05:0.01", "0.08:0.02", "0.2:0.02"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_large_shards(folder: str, shards: int, per_shard: int, size: int, seed: int) -> list[str]:
@@ -81,9 +70,8 @@ def audit(fs, prefix: str, input_keys: list[str], failed_shards: list[str]) -> d
     record names as failed (a shard that could not be read or written at all)."""
     protected, failed = Counter(), Counter()
     for path in (p for p in fs.ls(prefix, refresh=True) if p.endswith(".tar")):
-        with tarfile.open(fileobj=io.BytesIO(fs.cat_file(path))) as tar:
-            for key in {m.name.rsplit(".", 1)[0] for m in tar.getmembers()}:
-                protected[key] += 1
+        for sample in iter_shard(f"s3://{path}"):   # the package's shard reader (endpoint: AWS_ENDPOINT_URL)
+            protected[sample.key] += 1
     for path in (p for p in fs.ls(prefix) if p.endswith(".parquet")):
         for row in pq.read_table(io.BytesIO(fs.cat_file(path))).to_pylist():
             if row["status"] != "success":
@@ -125,19 +113,13 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(ROOT, "bench/results/faults.json"))
     args = parser.parse_args()
 
-    from moto.server import ThreadedMotoServer
+    import contextlib
+
     import boto3
     import s3fs
 
-    import logging
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)   # moto's server: one log line per request otherwise
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    upstream = f"http://127.0.0.1:{port}"
-    keys_env = dict(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-    os.environ.update(keys_env)
+    server = contextlib.ExitStack()
+    upstream = server.enter_context(moto_s3("bench", "bench"))["AWS_ENDPOINT_URL"]
     boto3.client("s3", endpoint_url=upstream).create_bucket(Bucket="faults")
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": upstream})
     work = tempfile.mkdtemp(prefix="mempipe-faults-")
@@ -149,9 +131,8 @@ def main() -> None:
         if name.endswith(".tar"):
             shard_mb.append(round(os.path.getsize(os.path.join(work, "in", name)) / 2**20, 1))
     print(f"input: {args.shards} shards of {shard_mb} MB ({time.perf_counter() - started:.0f}s)", flush=True)
-    config = os.path.join(work, "fast.yaml")
-    with open(config, "w") as f:
-        f.write(FAST_ENGINE)
+    # the default method at a bench's size: the fit trains its surrogate for real, units are cheap
+    config = fast_config(work)
     env = {**os.environ, "MEMPIPE_IO_MAX_WAIT": "2", "MEMPIPE_CACHE": os.path.join(work, "cache"),
            "RAY_DEDUP_LOGS": "0"}
     rows, baseline = [], None
@@ -190,19 +171,14 @@ def main() -> None:
                "seconds": round(seconds, 1), "time_vs_fault_free": round(seconds / baseline, 2), "run_log": runs}
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "run_log"}), flush=True)
-        os.makedirs(os.path.dirname(args.out), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump({"what": "mempipe protect (default method: cpu-tiny MEM with a trained surrogate, fast engine "
-                               "settings), S3 to S3 through a fault-injecting proxy in front of moto's S3 server, "
-                               "Ray with 2 actors; every key audited",
-                       "command": "python bench/faults.py " + " ".join(sys.argv[1:]),
-                       "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                                text=True).stdout.strip(),
-                       "shards": args.shards, "per_shard": args.per_shard, "image_px": args.size,
-                       "shard_MiB": shard_mb, "part_MiB": part_bytes() // 2**20,
-                       "read_range_MiB": read_part_bytes() / 2**20,
-                       "engine": FAST_ENGINE.strip().replace("\n", "; "), "rows": rows}, f, indent=1)
-    server.stop()
+        write_result(args.out, {
+            "what": "mempipe protect (default method: cpu-tiny MEM with a trained surrogate, fast engine settings), S3 "
+                    "to S3 through a fault-injecting proxy in front of moto's S3 server, Ray with 2 actors; every key "
+                    "audited",
+            "shards": args.shards, "per_shard": args.per_shard, "image_px": args.size, "shard_MiB": shard_mb,
+            "part_MiB": part_bytes() // 2**20, "read_range_MiB": read_part_bytes() / 2**20, "engine": FAST_ENGINE,
+            "rows": rows})
+    server.close()
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from mempipe.data.demo_data import write_demo_data  # noqa: E402
 from mempipe.engine import preset  # noqa: E402
@@ -45,6 +44,7 @@ from mempipe.evaluation.datasets import prefix_random_words  # noqa: E402
 from mempipe.evaluation.evaluate import load_eval_data, run_victim  # noqa: E402
 from mempipe.evaluation.public_models import pretrain  # noqa: E402
 from mempipe.evaluation.victim import VictimConfig  # noqa: E402
+from mempipe_research.results import write_result  # noqa: E402
 
 WORK = ROOT / "bench" / "work" / "finetune"
 RESULTS = ROOT / "bench" / "results"
@@ -152,7 +152,7 @@ def _append(path: Path, key: str, entry: dict, meta: dict, protection: dict | No
     if protection:
         body.setdefault("protection", {}).update(protection)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(body, indent=1))
+    write_result(path, body)
 
 
 def meta() -> dict:
@@ -203,7 +203,7 @@ def calibrate(models: list[str], strengths: list[str], seeds: int | list[int], o
                     data = base if condition == "clean" else random_words_data(base, seed)
                     started = time.time()
                     result = run_victim(data, victim_config(paths[letter], ALL_STRENGTHS[strength], seed),
-                                        show_progress=False)
+                                        progress="off")
                     entry = row_entry(result, model=letter, strength=strength, condition=condition, seed=seed,
                                       build=build, seconds=round(time.time() - started, 1))
                     _append(out, "runs", entry, meta())
@@ -306,7 +306,7 @@ def calibrate_main(argv: list[str]) -> int:
                 "axes": {name: {"arch": arch, **PRETRAIN, **pretraining} for name, (arch, pretraining) in AXES.items()},
                 "table": table, "frozen": pick(table),
                 "frozen_after": pick(table, after_freeze=True), "runs": runs}
-        CALIBRATION.write_text(json.dumps(body, indent=1))
+        write_result(CALIBRATION, body)
         plot_calibration(table, RESULTS / "calibration_finetune.png")
         print(json.dumps({"frozen": body["frozen"], "frozen_after": body["frozen_after"]}, indent=1))
         return 0
@@ -381,13 +381,13 @@ def sets_used(rows) -> set[str]:
 def protected_sets(names: set[str], work: Path = WORK, train: int | None = None) -> dict[str, dict]:
     """Protect the owner's training shards with each needed variant through the local runner."""
     from mempipe.evaluation.inspect_output import summarize
-    from mempipe.run.protect import protect
+    from mempipe.run.in_process import protect
 
     model_a, clean = public_models("A")["A"], owner_data(work, train)["train"]
     out: dict[str, dict] = {}
     for name in sorted(names):
         target = protected_dir(work, train) / name
-        record = protect(clean, str(target), engine_config(model_a, VARIANTS[name]), "png", show_progress=False)
+        record = protect(clean, str(target), engine_config(model_a, VARIANTS[name]), "png").to_dict()
         info_path = target.parent / f"{name}.info.json"
         if record["shards_written"]:
             info = summarize(str(target), clean)
@@ -488,7 +488,7 @@ def effectiveness(rows: list[str], victims: list[str], seeds: int | list[int], o
                     if reused:
                         result = {**reused, "gain_R@10": reused["gain"], "epochs": None}
                     else:
-                        result = run_victim(training_data(row, sets, cfg, seed, cache, train), cfg, show_progress=False)
+                        result = run_victim(training_data(row, sets, cfg, seed, cache, train), cfg, progress="off")
                     entry = row_entry(result, row=label, base_row=row, victim=victim, seed=seed, strength=strength,
                                       defense=ROWS[row][2], what=ROWS[row][4], from_calibration=bool(reused), build=build,
                                       seconds=reused["seconds"] if reused else round(time.time() - started, 1))
@@ -621,7 +621,7 @@ def effectiveness_main(argv: list[str]) -> int:
     if args.report:
         body = report([Path(p) for p in args.report.split(",")])
         target = EFFECTIVENESS_AFTER_FREEZE if args.after_freeze else EFFECTIVENESS
-        target.write_text(json.dumps(body, indent=1))
+        write_result(target, body)
         plot_curves(body["rows"], target.with_suffix(".png"))
         print(json.dumps(body["goal"], indent=1))
         return 0

@@ -21,13 +21,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from mempipe.data.demo_data import make_sample  # noqa: E402
 from mempipe.engine import preset  # noqa: E402
-from mempipe.engine.hotflip import _EmbeddingTap  # noqa: E402
-from mempipe.engine.surrogate import _trim_padding, build_model  # noqa: E402
+from mempipe.engine.hotflip import EmbeddingTap  # noqa: E402
+from mempipe.engine.surrogate import trim_padding, build_model  # noqa: E402
 from mempipe.engine.text import compose, encode_captions  # noqa: E402
+from mempipe_research.results import write_result  # noqa: E402
 
 # NVIDIA's datasheet figure for H100 SXM dense BF16 tensor-core throughput (not measured here)
 H100_BF16_DENSE_TFLOPS = 989.0
@@ -46,7 +46,7 @@ def mean_width(body, lengths, k: int, ctx: int, batch: int, batches: int = 16) -
     for _ in range(batches):
         idx = torch.randperm(len(body), generator=gen)[:batch]
         tokens = compose(torch.ones(batch, k, dtype=torch.long), body[idx], lengths[idx], ctx)
-        widths.append(_trim_padding(tokens, ctx).shape[1])
+        widths.append(trim_padding(tokens, ctx).shape[1])
     return sum(widths) / len(widths)
 
 
@@ -68,7 +68,7 @@ def per_sample_costs(model, size: int, ctx: int, width: int) -> dict[str, float]
         model.encode_text(tokens).sum().backward()
 
     def text_embedding_grad():  # HotFlip: the gradient at the token embeddings only
-        tap = _EmbeddingTap(model.token_embedding)
+        tap = EmbeddingTap(model.token_embedding)
         try:
             out = model.encode_text(tokens)
             torch.autograd.grad(out.sum(), tap.captured)
@@ -179,7 +179,7 @@ def main() -> int:
     if gpu.exists():
         # what the recorded GPU run achieved: its code ran the text tower at the width it recorded
         g = json.loads(gpu.read_text())
-        run = g["bf16"]
+        run = g.get("variants", {}).get("paper") or g["bf16"]   # older files kept the paper row as "bf16"
         width_run = g.get("text_width", "full_context")
         basis = result["unit_flops"][width_run]
         steps = g.get("train_steps_timed", 50)
@@ -204,7 +204,7 @@ def main() -> int:
         paper = result["shared"]["by_unit_size"][0]["projected_samples_per_s_at_recorded_rate"]
         result["default_path"]["paper_protocol_laion400m_gpu_hours"] = round(400e6 / paper / 3600)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    write_result(Path(args.out), result)
     print(json.dumps({k: v for k, v in result.items() if k != "preset"}, indent=1))
     return 0
 

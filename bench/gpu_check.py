@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from mempipe.data.demo_data import make_sample  # noqa: E402
 from mempipe.engine import mem, preset  # noqa: E402
+from mempipe_research.results import write_result  # noqa: E402
 
 VARIANTS = {
     "paper": {},
@@ -54,7 +54,7 @@ def timed(fn):
 
 
 def _unit(cfg, images, captions, device, gen):
-    unit = mem._Unit(images, captions, cfg, device, gen)
+    unit = mem.UnitTensors(images, captions, cfg, device, gen)
     unit.set_groups(None, gen)
     return unit
 
@@ -67,12 +67,12 @@ def one_round(cfg, images, captions, device, warm: int = 256):
     model = mem.surrogate_for(cfg, device, unit)
     opt = mem.surrogate_optimizer(model, cfg, device)
     small = _unit(cfg, images[:warm], captions[:warm], device, gen)
-    _, warm_s = timed(lambda: (mem._train_surrogate(model, opt, small, cfg.with_overrides(train_steps=3), gen, device),
-                               mem._hotflip_round(model, small, cfg, gen),
-                               mem._pgd_round([model], small, cfg.with_overrides(pgd_steps=2), gen)))
-    loss, t_train = timed(lambda: mem._train_surrogate(model, opt, unit, cfg, gen, device))
-    (hb, ha), t_hot = timed(lambda: mem._hotflip_round(model, unit, cfg, gen))
-    (pf, pl), t_pgd = timed(lambda: mem._pgd_round([model], unit, cfg, gen))
+    _, warm_s = timed(lambda: (mem.train_surrogate(model, opt, small, cfg.with_overrides(train_steps=3), gen, device),
+                               mem.hotflip_round(model, small, cfg, gen),
+                               mem.pgd_round([model], small, cfg.with_overrides(pgd_steps=2), gen)))
+    loss, t_train = timed(lambda: mem.train_surrogate(model, opt, unit, cfg, gen, device))
+    (hb, ha), t_hot = timed(lambda: mem.hotflip_round(model, unit, cfg, gen))
+    (pf, pl), t_pgd = timed(lambda: mem.pgd_round([model], unit, cfg, gen))
     return {"warm_up_s": warm_s, "train_s": t_train, "hotflip_s": t_hot, "pgd_s": t_pgd, "surrogate_loss": loss,
             "hotflip_loss": [hb, ha], "pgd_loss": [pf, pl]}
 
@@ -92,8 +92,8 @@ def default_path(unit: int, device, overrides: dict, ensemble_arch: str | None) 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     small = _unit(cfg, images[:64], captions[:64], device, gen)
-    _, warm_s = timed(lambda: mem._pgd_round(models, small, cfg.with_overrides(pgd_steps=1), gen))
-    (first, last), pgd_s = timed(lambda: mem._pgd_round(models, data, cfg, gen))
+    _, warm_s = timed(lambda: mem.pgd_round(models, small, cfg.with_overrides(pgd_steps=1), gen))
+    (first, last), pgd_s = timed(lambda: mem.pgd_round(models, data, cfg, gen))
     per_sample = cfg.outer_iters * pgd_s / unit
     return {"surrogates": [cfg.arch] + ([ensemble_arch] if ensemble_arch else []), "image_size": cfg.image_size,
             "unit": unit, "pgd_steps_per_round": cfg.pgd_steps, "rounds": cfg.outer_iters, "warm_up_s": round(warm_s, 2),
@@ -157,17 +157,12 @@ def main() -> int:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         r = one_round(cfg, images, captions, device)
-        r.update(overrides=VARIANTS[name],
+        r.update(overrides=VARIANTS[name], precision=cfg.precision,
                  peak_gpu_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
                  measured=f"one round: {args.train_steps} surrogate steps, HotFlip and PGD over the whole unit",
                  extrapolated=[extrapolate(paper, r, args.train_steps, args.unit, u) for u in (args.unit, 4 * args.unit)])
         result["variants"][name] = r
         print(name, json.dumps(r), flush=True)
-    if "paper" in result["variants"]:
-        p = result["variants"]["paper"]
-        result["bf16"] = {**p, "extrapolated_full_protocol_s": p["extrapolated"][0]["full_protocol_s"],
-                          "extrapolated_samples_per_s": p["extrapolated"][0]["samples_per_s"]}
-
     # bf16 vs fp32 on the same small unit and seed: losses after one round
     small_images, small_captions = images[: args.small], captions[: args.small]
     check = {}
@@ -182,7 +177,7 @@ def main() -> int:
     }
     print(json.dumps(result["precision_check"]), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    write_result(Path(args.out), result)
     return 0
 
 

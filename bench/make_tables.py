@@ -56,58 +56,9 @@ def _result(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-GOAL_TIMES_CHANCE = 2.0   # the best method's R@10 at most 2x chance, both directions
-CONTROL_SHARE_NEEDED = 0.70
-
-
-def goal_rows(rows: list[dict], clean_final: list[float], chance: float, victim: str) -> list[dict]:
-    """Each row's distance to the goal and how much of clean's margin above chance it removes.
-
-    distance: the higher direction's R@10 minus 2x chance, on clean and on prefixed test
-    captions (<= 0 meets the goal). removed: 1 - (row - chance) / (clean - chance), the
-    worse direction, so 1.0 is "down to chance" and 0.0 is "as good as clean".
-    """
-    goal = GOAL_TIMES_CHANCE * chance
-    out = []
-    for r in rows:
-        if r["victim"] != victim:
-            continue
-        c, p = r["final"]["clean"], r["final"]["prefixed"]
-        pair = [c["i2t_R@10"], c["t2i_R@10"]]
-        removed = min(1 - (v - chance) / max(cf - chance, 1e-6) for v, cf in zip(pair, clean_final))
-        out.append({"row": r["row"], "distance_clean": round(max(pair) - goal, 1),
-                    "distance_prefixed": round(max(p["i2t_R@10"], p["t2i_R@10"]) - goal, 1),
-                    "margin_removed": round(removed, 2)})
-    return out
-
-
-# the controls: the same edit as a method, nothing optimised
-CONTROLS = ("random", "random-words", "random-words-cluster", "random-words-cn", "random-words-rand",
-            "random-words-rand+strip", "random-words-global", "clean+grayscale", "clean+strip", "conv-sample")
-IMAGE_ONLY = ("em", "uc", "uc-text", "noise-only")
-# an image edit that is not eps-bounded: its control makes the same edit without the grouping
-IMAGE_CONTROL = {"conv": "conv-sample"}
-
-
-# a method's caption edit -> the control that makes it with nothing optimised (else: per-caption random words)
-CAPTION_CONTROL = {"mem3-cluster": "random-words-cluster", "cluster-trigger-only": "random-words-cluster",
-                   "mem3-cn": "random-words-cn",  # its own clusters, so its own groups
-                   "mem3-global": "random-words-global", "mem3-rand": "random-words-rand"}
-STRIP_SURVIVES = {"mem3-rand"}  # a trigger at a random word boundary: strip mostly leaves it in
-
-
-def matched_control(row: str) -> str:
-    """The control that makes the same kind of edit as a row: noise for image-only rows (or rows
-    whose trigger a countermeasure strips), words grouped and placed as the row's trigger otherwise."""
-    method, _, defense = row.partition("+")
-    if method in IMAGE_CONTROL:
-        return IMAGE_CONTROL[method] + (f"+{defense}" if defense else "")
-    if method in IMAGE_ONLY and defense.startswith("strip"):
-        return "clean+strip"  # no trigger to strip: the strip removes real caption words, as on clean data
-    if method in IMAGE_ONLY or (defense.startswith("strip") and method not in STRIP_SURVIVES):
-        return "random"
-    control = CAPTION_CONTROL.get(method, "random-words")
-    return f"{control}+{defense}" if defense.startswith("strip") else control
+from mempipe_research.report import (CAPTION_CONTROL, CONTROL_SHARE_NEEDED, CONTROLS,  # noqa: E402,F401
+                                     GOAL_TIMES_CHANCE, IMAGE_CONTROL, IMAGE_ONLY, STRIP_SURVIVES,
+                                     goal_rows, matched_control)
 
 
 def goal_table(name: str = "effectiveness_photo", victim: str = "tiny-resnet") -> str:
@@ -309,14 +260,15 @@ def performance_table() -> str:
     if gc.exists():
         g = json.loads(gc.read_text())
         code = f"commit {g['commit']}" if "commit" in g else "code before commit b9e1e12 (the exact text/HotFlip shortcuts)"
-        b = g["bf16"]
+        b = g.get("variants", {}).get("paper") or g["bf16"]   # older files kept the paper row as "bf16"
         for name, v in g.get("variants", {"paper": b}).items():
             lines.append(f"| {name} over {g['unit']} samples (bf16), {v['measured']} | surrogate {v['train_s']:.1f} s, "
                          f"HotFlip {v['hotflip_s']:.1f} s, PGD {v['pgd_s']:.1f} s | {g['gpu']}, {code} |")
             for e in v.get("extrapolated", []):
                 lines.append(f"| {name}, full protocol (20 rounds), unit {e['unit']} | {e['samples_per_s']} samples/s "
                              f"(extrapolated from the round) | {g['gpu']}, {code} |")
-        lines.append(f"| paper preset, full protocol (20 rounds), unit {g['unit']} | {b['extrapolated_samples_per_s']} "
+        rate = b["extrapolated"][0]["samples_per_s"] if "extrapolated" in b else b["extrapolated_samples_per_s"]
+        lines.append(f"| paper preset, full protocol (20 rounds), unit {g['unit']} | {rate} "
                      f"samples/s (extrapolated from the round) | {g['gpu']}, {code} |")
         lines.append(f"| peak GPU memory, paper preset | {b['peak_gpu_memory_gib']} GiB | {g['gpu']} |")
         pc = g["precision_check"]

@@ -25,9 +25,9 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from mempipe.data.demo_data import write_demo_data  # noqa: E402
+from mempipe_research.results import write_result  # noqa: E402
 
 MINIMAL = "outer_iters: 1\ntrain_steps: 2\npgd_steps: 1\nhotflip_iters: 1\ncandidates: 2\n"
 
@@ -109,7 +109,7 @@ def main() -> int:
                       "ratio_driver": ratio("peak_driver_rss_mib"), "ratio_worker": ratio("peak_worker_rss_mib"),
                       "ratio_tree": ratio("peak_tree_rss_mib"),
                       "ratio_object_store": ratio("peak_object_store_shm_mib")}
-            out.write_text(json.dumps(result, indent=1))   # after each size: a stopped run keeps its rows
+            write_result(out, result)   # after each size: a stopped run keeps its rows
             print(json.dumps(runs[-1]))
     return 0
 

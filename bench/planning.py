@@ -12,23 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from mempipe.io.shards import done_shards, shard_done  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from mempipe_research.results import write_result  # noqa: E402
 
 
 def main() -> int:
@@ -36,16 +28,15 @@ def main() -> int:
     parser.add_argument("--shards", type=int, default=10000)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "planning.json"))
     args = parser.parse_args()
+    import contextlib
+
     import boto3
     import s3fs
-    from moto.server import ThreadedMotoServer
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                      AWS_DEFAULT_REGION="us-east-1")
+    from mempipe_research.testing import moto_s3
+
+    server = contextlib.ExitStack()
+    endpoint = server.enter_context(moto_s3("bench", "bench"))["AWS_ENDPOINT_URL"]
     client = boto3.client("s3", endpoint_url=endpoint)
     client.create_bucket(Bucket="plan")
     names = [f"{i:05d}" for i in range(args.shards)]
@@ -65,9 +56,9 @@ def main() -> int:
               "one_request_per_shard_s": round(per_shard_s, 2), "one_listing_s": round(listing_s, 3),
               "speedup": round(per_shard_s / listing_s, 1),
               "per_shard_request_ms": round(1000 * per_shard_s / args.shards, 2)}
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    write_result(Path(args.out), result)
     print(json.dumps(result))
-    server.stop()
+    server.close()
     return 0
 
 

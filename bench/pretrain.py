@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from mempipe.evaluation.public_models import pretrain  # noqa: E402
+from mempipe_research.results import write_result  # noqa: E402
 
 CACHE = ROOT / "bench" / "work" / "public_models"
 
@@ -39,11 +39,11 @@ def main() -> int:
             print(f"{name} epoch {entry['epoch']} loss {entry['train_loss']} web R@10 "
                   f"{entry['web_test']['i2t_R@10']}/{entry['web_test']['t2i_R@10']}", flush=True)
 
-        record = pretrain(name, args.cache, args.pairs, args.epochs, args.seed, progress=show)
+        record = pretrain(name, args.cache, show, pairs=args.pairs, epochs=args.epochs, seed=args.seed)
         record = {k: (str(Path(v).relative_to(ROOT)) if k in ("model_config", "checkpoint", "record") else v)
                   for k, v in record.items()}
         results[name] = record
-        out.write_text(json.dumps(results, indent=2))   # after each model: a stopped run keeps what finished
+        write_result(out, results)   # after each model: a stopped run keeps what finished
         print(json.dumps({name: {k: record[k] for k in ("checkpoint", "seconds", "web_test", "cached")}}), flush=True)
     return 0
 

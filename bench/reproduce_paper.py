@@ -32,16 +32,15 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from effectiveness import derive, random_words_captions  # noqa: E402
+from mempipe_research.controls import derive, random_words_captions  # noqa: E402
 
 from mempipe.engine import preset  # noqa: E402
 from mempipe.evaluation.evaluate import evaluate  # noqa: E402
-from mempipe.data.ingest import read_rows, seeded_split, write_rows  # noqa: E402
-from mempipe.run.protect import protect  # noqa: E402
+from mempipe.data.ingest import Source, read_rows, seeded_split, write_rows  # noqa: E402
+from mempipe.run.in_process import protect  # noqa: E402
 from mempipe.evaluation.victim import VictimConfig  # noqa: E402
+from mempipe_research.results import write_result  # noqa: E402
 
 METHODS = {
     "mem3": dict(method="mem", trigger_len=3, trigger_scope="sample"),
@@ -57,7 +56,7 @@ TINY_ENGINE = dict(outer_iters=2, train_steps=10, pgd_steps=3, hotflip_iters=1, 
 
 
 def stage_ingest(args, work: Path) -> dict:
-    rows = read_rows(args.root, args.dataset, annotations=args.annotations)
+    rows = read_rows(Source(args.root, args.dataset, annotations=args.annotations))
     ids = sorted({r.image_id for r in rows})
     if args.limit_images and args.limit_images < len(ids):
         keep = set(ids[: args.limit_images])
@@ -159,7 +158,7 @@ def main() -> int:
         if name in METHODS:
             started = time.time()
             record = protect(train, str(work / "protected" / name), engine.with_overrides(**METHODS[name]), "png",
-                             device=args.device, show_progress=False)
+                             device=args.device).to_dict()
             seconds[f"protect {name}"] = round(time.time() - started, 1)
             protection[name] = {k: record[k] for k in ("samples_protected", "samples_failed", "seconds")}
             paths[name] = str(work / "protected" / name)
@@ -171,7 +170,7 @@ def main() -> int:
     rows = {}
     for name in sets:
         started = time.time()
-        result = evaluate(paths[name], test, victim, "none", args.device, show_progress=False)
+        result = evaluate(paths[name], test, victim, "none", args.device, progress="off")
         seconds[f"victim {name}"] = round(time.time() - started, 1)
         rows[name] = {"clean": result["final"]["clean"], "prefixed": result["final"]["prefixed"],
                       "n_train": result["n_train"], "loss_curve": result["loss_curve"]}
@@ -199,7 +198,7 @@ def main() -> int:
                                               engine.surrogate)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
+    write_result(out, results)
     Path(args.table or out.with_suffix(".md")).write_text(table(results) + "\n")
     print(table(results))
     return 0 if all(math.isfinite(r["clean"]["i2t_R@10"]) for r in rows.values()) else 1

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from mempipe.data.demo_data import make_sample  # noqa: E402
-from mempipe.engine import preset, protect_unit  # noqa: E402
+from mempipe.engine import Given, preset, protect_unit  # noqa: E402
 from mempipe.engine.mem import train_shared_surrogate, unit_config  # noqa: E402
+from mempipe_research.results import write_result  # noqa: E402
 
 
 def run(images: torch.Tensor, captions: list[str], cfg, unit: int) -> dict:
@@ -39,7 +39,7 @@ def run(images: torch.Tensor, captions: list[str], cfg, unit: int) -> dict:
         shared_s = time.perf_counter() - started
     losses = []
     for a in range(0, len(images), unit):
-        result = protect_unit(images[a : a + unit], captions[a : a + unit], unit_config(cfg), surrogate=surrogate)
+        result = protect_unit(images[a : a + unit], captions[a : a + unit], unit_config(cfg), given=Given(surrogate=surrogate))
         losses.append(result.log[-1]["pgd_loss_last"])
     total = time.perf_counter() - started
     return {"seconds": round(total, 2), "shared_surrogate_seconds": round(shared_s, 2),
@@ -70,7 +70,7 @@ def main() -> int:
            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "samples": args.samples, "unit": args.unit,
            "units": -(-args.samples // args.unit), "engine": base.to_dict(), "paths": best,
            "speedup_shared_over_per_unit": round(best["per-unit"]["seconds"] / best["shared"]["seconds"], 2)}
-    Path(args.out).write_text(json.dumps(out, indent=1))
+    write_result(Path(args.out), out)
     print(json.dumps({k: out[k] for k in ("units", "paths", "speedup_shared_over_per_unit")}, indent=1))
     return 0
 

@@ -40,13 +40,13 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from mempipe.evaluation.datasets import load_pairs  # noqa: E402
-from mempipe.data.demo_data import PHOTO_DIFFICULTY, write_demo_data  # noqa: E402
+from mempipe.data.demo_data import PHOTO_DIFFICULTY, Style, write_demo_data  # noqa: E402
 from mempipe.engine.clusters import kmeans  # noqa: E402
 from mempipe.engine.text import encode_captions, random_trigger_ids, tokenizer  # noqa: E402
 from mempipe.evaluation.victim import VictimConfig, train_victim  # noqa: E402
+from mempipe_research.results import write_result  # noqa: E402
 
 # photo style: the class-wise race at eps 8 without grain on top (grain drowns an 8-level pattern)
 PHOTO_SETS = ["clean", "cluster-eps8", "cluster-gray", "trigger-code"]
@@ -129,7 +129,7 @@ def main() -> int:
     args.out = args.out or str(ROOT / "bench" / "results" / ("shortcut_race_photo.json" if photo else "shortcut_race.json"))
     data = Path(args.work) / (f"photo_d{args.difficulty}_{n_train}" if photo else "data")
     if not (data / "test").exists():
-        write_demo_data(str(data), n_train, 500, size=64, seed=0, style=args.style, difficulty=args.difficulty)
+        write_demo_data(str(data), n_train, 500, size=64, seed=0, style=Style(args.style, args.difficulty))
     images, captions, _ = load_pairs(str(data / "train"), 64)
     test_images, test_captions, _ = load_pairs(str(data / "test"), 64)
     results = {"meta": {"host": platform.node(), "device": args.device, "torch": torch.__version__,
@@ -157,7 +157,7 @@ def main() -> int:
         results["sets"].append(entry)
         print(f"{name:14s} clean R@10 {curve[-1][0]:5.1f}/{curve[-1][1]:5.1f}  code R@10 {curve[-1][2]:5.1f}/{curve[-1][3]:5.1f}"
               f"  ({entry['seconds']}s)", flush=True)
-        Path(args.out).write_text(json.dumps(results, indent=1))
+        write_result(Path(args.out), results)
     return 0
 
 

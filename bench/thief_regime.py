@@ -37,18 +37,19 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from bench.finetune_regime import differs, stats  # noqa: E402
 from mempipe.data.demo_data import write_demo_data  # noqa: E402
 from mempipe.engine import preset  # noqa: E402
-from mempipe.engine.mem import protect_unit  # noqa: E402
+from mempipe.engine.mem import Given, protect_unit  # noqa: E402
 from mempipe.engine.text import decode_trigger  # noqa: E402
 from mempipe.engine.surrogate import build_model, model_config_sizes  # noqa: E402
 from mempipe.evaluation.datasets import load_pairs, prefix_random_words  # noqa: E402
 from mempipe.evaluation.public_models import pretrain, write_local_dir  # noqa: E402
 from mempipe.evaluation.victim import embed, retrieval_metrics, tokens_for  # noqa: E402
-from mempipe.io.images import apply_noise_native, encode  # noqa: E402
+from mempipe.io.images import apply_noise_native, decode_rgb, encode  # noqa: E402
+from mempipe.io.shards import iter_shard  # noqa: E402
+from mempipe_research.results import write_result  # noqa: E402
 
 WORK = ROOT / "bench" / "work" / "thief"
 RESULTS = ROOT / "bench" / "results"
@@ -258,8 +259,8 @@ def protect_variant(name: str) -> dict:
     for i, url in enumerate(shard_urls(owner_data()["train"])):
         native, captions, keys = read_shard(url)
         work = native if cfg.stored_size == OWNER["size"] else read_shard(url, cfg.image_size)[0]
-        result = protect_unit(work, captions, cfg.with_overrides(seed=i + 1000 * protect_seed), surrogate=members[0] if members else None,
-                              ensemble=members[1:])
+        result = protect_unit(work, captions, cfg.with_overrides(seed=i + 1000 * protect_seed),
+                              given=Given(surrogate=members[0] if members else None, ensemble=members[1:]))
         triggers = [""] * len(keys)
         if cfg.uses_trigger:
             triggers = [decode_trigger(row) for row in result.trigger_ids.tolist()]
@@ -301,11 +302,6 @@ def random_words_shards() -> str:
     return str(target)
 
 
-def image_member(members: dict[str, bytes], key: str) -> bytes:
-    """The image bytes of ``key`` in a shard's members, whatever its extension."""
-    return next(members[f"{key}.{ext}"] for ext in ("png", "jpg", "jpeg", "webp") if f"{key}.{ext}" in members)
-
-
 def countermeasure_shards(row: str, name: str) -> str:
     """Row ``row``'s training shards with countermeasure ``name`` applied to every image."""
     from PIL import Image
@@ -316,11 +312,9 @@ def countermeasure_shards(row: str, name: str) -> str:
         target.mkdir(parents=True, exist_ok=True)
         for url in shard_urls(source):
             samples = []
-            with tarfile.open(url) as tar:
-                members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
-            for key in sorted({n.rsplit(".", 1)[0] for n in members if n.endswith(".txt")}):
-                image = Image.open(io.BytesIO(image_member(members, key))).convert("RGB")
-                samples.append((key, np.asarray(COUNTERMEASURES[name](image)), members[f"{key}.txt"].decode(), {}))
+            for sample in sorted(iter_shard(url), key=lambda s: s.key):   # the package's shard reader
+                image = Image.fromarray(decode_rgb(sample.image)[0])
+                samples.append((sample.key, np.asarray(COUNTERMEASURES[name](image)), sample.caption, {}))
             write_shard(target / Path(url).name, samples)
         (target / "done").write_text("")
     return str(target)
@@ -462,7 +456,7 @@ def run_rows(rows: list[str], victims: list[str], seeds: list[int], out: Path) -
                 body = json.loads(out.read_text()) if out.exists() else {"meta": meta(), "rows": []}
                 body["rows"].append(entry)
                 out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_text(json.dumps(body, indent=1))
+                write_result(out, body)
                 g = entry["gain"]
                 last_val = result["open_clip_val"][-1] if result["open_clip_val"] else {}
                 print(f"{victim} {row:20s} seed {seed}: gain clean {g['clean']['i2t']}/{g['clean']['t2i']} prefixed "
@@ -494,7 +488,7 @@ def fast_victim_rows(rows: list[str], victims: list[str], out: Path) -> None:
                      "commit": commit(), "victim_config": {k: metrics["victim"][k] for k in ("lr", "epochs", "batch_size")}}
             body = json.loads(out.read_text()) if out.exists() else {"meta": meta(), "rows": []}
             body["rows"].append(entry)
-            out.write_text(json.dumps(body, indent=1))
+            write_result(out, body)
             print(f"fast victim {victim} {row}: gain {entry['gain']['clean']} ({entry['seconds']}s)", flush=True)
 
 
@@ -517,7 +511,7 @@ def freeze(parts: list[Path]) -> dict:
                          "seeds": len(clean), "valid_image_noise": all(cg[d]["mean"] >= CLEAN_GAIN_MIN for d in cg)}
     body = {"meta": meta(), "thief": THIEF, "owner": OWNER, "criterion": {"clean_gain_min": CLEAN_GAIN_MIN},
             "table": table, "frozen_at": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": runs}
-    FROZEN.write_text(json.dumps(body, indent=1))
+    write_result(FROZEN, body)
     return body
 
 
@@ -608,11 +602,10 @@ def diagnose(sets: list[str], victims: list[str]) -> dict:
             urls = shard_urls(row_shards(name))
             losses = {"thief": [], "eval": []}
             for url in urls:
-                with tarfile.open(url) as tar:
-                    members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
-                keys = sorted({n.rsplit(".", 1)[0] for n in members if n.endswith(".txt")})
-                images = [Image.open(io.BytesIO(image_member(members, k))).convert("RGB") for k in keys]
-                tokens = tokens_for([members[f"{k}.txt"].decode() for k in keys], model.context_length)
+                shard = sorted(iter_shard(url), key=lambda s: s.key)   # the package's shard reader
+                keys = [s.key for s in shard]
+                images = [Image.fromarray(decode_rgb(s.image)[0]) for s in shard]
+                tokens = tokens_for([s.caption for s in shard], model.context_length)
                 for start in range(0, len(keys) - 127, 128):
                     batch = slice(start, start + 128)
                     with torch.no_grad():
@@ -649,14 +642,14 @@ def main(argv: list[str]) -> int:
         return 0
     if args.diagnose:
         body = {"meta": meta(), "loss": diagnose(args.diagnose.split(","), victims)}
-        (RESULTS / "thief_diagnosis.json").write_text(json.dumps(body, indent=1))
+        write_result((RESULTS / "thief_diagnosis.json"), body)
         return 0
     if args.fast_victim:
         fast_victim_rows(args.fast_victim.split(","), victims, Path(args.out or RESULTS / "partial" / "thief_fast_victim.json"))
         return 0
     if args.report:
         body = report([Path(p) for p in args.report.split(",")])
-        REPORT.write_text(json.dumps(body, indent=1))
+        write_result(REPORT, body)
         print(json.dumps(body["goal"], indent=1))
         return 0
     if args.calibrate:

@@ -25,13 +25,13 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from mempipe.data.demo_data import make_sample  # noqa: E402
 from mempipe.engine import preset, protect_unit  # noqa: E402
 from mempipe.engine.losses import group_swap_losses  # noqa: E402
-from mempipe.engine.surrogate import ClipModel, _trim_padding, build_model  # noqa: E402
+from mempipe.engine.surrogate import ClipModel, trim_padding, build_model  # noqa: E402
 from mempipe.engine.text import compose, encode_captions  # noqa: E402
+from mempipe_research.results import write_result  # noqa: E402
 
 
 class Recorder:
@@ -51,7 +51,7 @@ class Recorder:
 
         def text(model, t):
             # the shape of the work done: the text tower runs on the used positions only
-            rec.calls.append(("text", tuple(_trim_padding(t, model.context_length).shape), torch.is_grad_enabled()))
+            rec.calls.append(("text", tuple(trim_padding(t, model.context_length).shape), torch.is_grad_enabled()))
             return rec._txt(model, t)
 
         def step(opt, *a, **k):
@@ -115,7 +115,7 @@ def components(captions: list[str]) -> dict:
         tokens = compose(torch.randint(1000, 2000, (batch, 3)), body, lengths, ctx)
         full = _seconds(lambda: model.clip.encode_text(tokens), 3)
         used = _seconds(lambda: model.encode_text(tokens), 3)
-        out[f"text_tower_{arch}"] = {"batch": batch, "context": ctx, "used_width": _trim_padding(tokens, ctx).shape[1],
+        out[f"text_tower_{arch}"] = {"batch": batch, "context": ctx, "used_width": trim_padding(tokens, ctx).shape[1],
                                      "full_context_s": round(full, 4), "used_positions_s": round(used, 4),
                                      "speedup": round(full / used, 2)}
     n, d = 128, 1024  # a paper batch with per-sample triggers, RN50's feature width
@@ -184,7 +184,7 @@ def main() -> int:
         body = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
         body["methods"] = {**methods(args.methods, args.repeats), "date": time.strftime("%Y-%m-%d %H:%M"),
                            "command": "python bench/throughput.py " + " ".join(sys.argv[1:])}
-        Path(args.out).write_text(json.dumps(body, indent=1))
+        write_result(Path(args.out), body)
         print(json.dumps(body["methods"], indent=1))
         return 0
     cfg = preset("cpu-tiny")
@@ -209,7 +209,7 @@ def main() -> int:
               "mem_samples_per_s": round(n / mem_time, 2), "encoder_calls": len(rec.calls),
               "optimizer_steps": rec.steps, "quick": args.quick, "components": components(captions)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    write_result(Path(args.out), result)
     print(json.dumps(result, indent=1))
     return 0
 

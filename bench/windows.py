@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from mempipe.data.demo_data import write_split  # noqa: E402
 from mempipe.engine.config import preset  # noqa: E402
-from mempipe.run.fit import FitState, fit  # noqa: E402
-from mempipe.run.protect import read_shard  # noqa: E402
+from mempipe.run.fit import FitRequest, FitState, fit  # noqa: E402
+from mempipe.run.samples import read_shard  # noqa: E402
 from mempipe.io.shards import DEFAULT_LIMITS, list_shards  # noqa: E402
 from mempipe.run.windows import assign_clusters, pack_units  # noqa: E402
+from mempipe_research.results import write_result  # noqa: E402
 
 
 def fragments(cluster_of_shard: list[list[int]], window: int, unit_size: int) -> dict:
@@ -60,7 +60,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         write_split(tmp, args.samples, 64, seed=0, first_index=0, per_shard=args.per_shard)
         urls = list_shards(tmp)
-        state: FitState = fit(urls, cfg.with_overrides(method="random"), {}, None, DEFAULT_LIMITS, "cpu", True)
+        state: FitState = fit(FitRequest(urls, cfg.with_overrides(method="random"), {}, "", "", None, DEFAULT_LIMITS, True),
+                              "cpu")
         per_shard = []
         for url in urls:
             items = read_shard(url, None, DEFAULT_LIMITS, cfg.image_size).decoded
@@ -70,7 +71,7 @@ def main() -> int:
     rows.append({**fragments(per_shard, len(urls), cfg.unit_size), "window_shards": f"all ({len(urls)})"})
     result = {"samples": args.samples, "shards": len(urls), "per_shard": args.per_shard, "clusters": cfg.clusters,
               "unit_size": cfg.unit_size, "seconds": round(time.time() - started, 1), "rows": rows}
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    write_result(Path(args.out), result)
     print(json.dumps(result, indent=1))
     return 0
 

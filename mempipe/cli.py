@@ -1,14 +1,14 @@
-"""The ``mempipe`` command line (DESIGN section 4). One parser serves every entry point."""
+"""The ``mempipe`` command line: protect, demo-data, demo-model, ingest, eval, inspect. One parser serves every entry point."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 
-import yaml
 
-from .engine.config import PRESET_THREATS, PRESETS, PRETRAINED_PRESETS, MEMConfig, preset
+from .engine.config import PRESET_THREATS, PRESETS, PRETRAINED_PRESETS, MEMConfig, preset, read_settings
 from .io.retry import StorageError
 from .io.storage import parse_storage_options
 
@@ -197,10 +197,7 @@ def engine_config(args: argparse.Namespace):
     cfg = preset(args.preset)
     overrides: dict = {}
     if args.config:
-        with open(args.config) as f:
-            overrides = yaml.safe_load(f) or {}
-        if not isinstance(overrides, dict):
-            raise ValueError(f"--config {args.config} must hold a mapping of engine settings")
+        overrides = read_settings(args.config)   # the loader the presets are read with
     # one step, so that settings checked against each other (noise_size against the model's input)
     # meet the surrogate's own sizes, not the preset's
     overrides.update({name: getattr(args, name) for name, *_ in MEMConfig.field_specs()
@@ -238,41 +235,34 @@ def surrogate_overrides(values: list[str]) -> dict:
 
 
 def _protect(args: argparse.Namespace) -> int:
-    from .io.images import ImageFormat
-    from .run.protect import check_paths, protect
     from .io.shards import ReadLimits
+    from .run.driver import RunRequest, new_version, run
+    from .run.progress import RunProgress
 
     cfg = engine_config(args)
-    ImageFormat.parse(args.image_format)
-    check_paths(args.input, args.output, args.record)
     options = parse_storage_options(args.storage_options)
     limits = ReadLimits.from_megabytes(args.max_member_mb, args.max_shard_mb, args.max_shard_megapixels)
-    if args.window is not None and args.window < 1:
-        raise ValueError("--window must be at least 1")
+    request = RunRequest(args.input, args.output, cfg, args.image_format, options, args.record, args.provenance,
+                         limits, args.partition, args.window, args.break_lock)   # every check, before any work
     if args.new_run:
-        from .run.protect import new_version
-
-        args.output, args.record = new_version(args.output, args.record, options)
-        print(f"mempipe: new run: protecting into {args.output} (record {args.record})", file=sys.stderr)
+        output, record = new_version(request.output_url, args.record, options)
+        request = dataclasses.replace(request, output_url=output, record_url=record)
+        print(f"mempipe: new run: protecting into {output} (record {record})", file=sys.stderr)
     if not args.no_ray and small_run(args, options):
         args.no_ray = True
         if not args.quiet:
             print(f"mempipe: a small input (at most {SMALL_RUN_SHARDS} shards): protecting in this process, without "
                   "starting Ray (--num-actors N to use Ray anyway)", file=sys.stderr)
     if args.no_ray:
-        record = protect(args.input, args.output, cfg, args.image_format, options, device=args.device,
-                         show_progress=not args.quiet, record_url=args.record, provenance=args.provenance,
-                         limits=limits, break_lock=args.break_lock, partition=args.partition, window=args.window)
-    else:
-        from .run.pipeline import run_pipeline
+        from .run.in_process import InProcess
 
-        num_actors = NUM_ACTORS if args.num_actors is None else args.num_actors
-        if num_actors < 1:
-            raise ValueError("--num-actors must be at least 1")
-        record = run_pipeline(args.input, args.output, cfg, args.image_format, options, args.partition,
-                              num_actors, args.gpus_per_actor or 0.0, args.ray_address, record_url=args.record,
-                              provenance=args.provenance, show_progress=not args.quiet, verbose=args.verbose,
-                              limits=limits, break_lock=args.break_lock, window=args.window)
+        distributor = InProcess(args.device)
+    else:
+        from .run.ray_pool import RayActorPool
+
+        distributor = RayActorPool(NUM_ACTORS if args.num_actors is None else args.num_actors,
+                                   args.gpus_per_actor or 0.0, args.ray_address, args.verbose)
+    record = run(request, distributor, RunProgress(0, enabled=not args.quiet)).to_dict()
     failed_shards = record.get("shards_failed") or []
     if record.get("nothing_to_do"):
         print(f"mempipe: {record['nothing_to_do']}; nothing to protect (the run records are left as they were)",
@@ -302,25 +292,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "demo-data":
-            from .data.demo_data import DEFAULT_DIFFICULTY, write_demo_data
+            from .data.demo_data import DEFAULT_DIFFICULTY, Style, write_demo_data
 
             if args.difficulty is not None and args.style != "photo":
                 raise ValueError("--difficulty applies to --style photo only")
             difficulty = DEFAULT_DIFFICULTY if args.difficulty is None else args.difficulty
             print(json.dumps(write_demo_data(args.out, args.train, args.test, args.size, args.seed,
-                                             parse_storage_options(args.storage_options), style=args.style,
-                                             difficulty=difficulty,
-                                             captions_per_image=args.captions_per_image)))
+                                             parse_storage_options(args.storage_options),
+                                             Style(args.style, difficulty, args.captions_per_image))))
             return 0
         if args.command == "protect":
             return _protect(args)
         if args.command == "ingest":
-            from .data.ingest import ingest
+            from .data.ingest import Source, ingest
 
-            print(json.dumps(ingest(args.src, args.output, args.format, args.captions, args.image_root,
-                                    args.annotations, args.image_column, args.caption_column, args.split_file,
-                                    args.test_images, args.seed, args.max_size, args.per_shard,
-                                    parse_storage_options(args.storage_options))))
+            source = Source(args.src, args.format, args.image_root, args.annotations, args.image_column,
+                            args.caption_column, parse_storage_options(args.storage_options))
+            print(json.dumps(ingest(source, args.output, args.captions, args.split_file, args.test_images, args.seed,
+                                    args.max_size, args.per_shard)))
             return 0
         if args.command == "demo-model":
             from .evaluation.public_models import demo_model

@@ -1,21 +1,17 @@
-"""Shared fixtures: demo shards, a real S3 endpoint on loopback (moto's server), an HTTP server."""
+"""Shared fixtures: demo shards, a fast engine config, a real S3 endpoint on loopback (moto's
+server), an HTTP server. The helpers behind them live in ``mempipe_research.testing``, which the
+benchmarks use too."""
 from __future__ import annotations
 
 import functools
 import http.server
-import os
-import socket
 import threading
 
 import pytest
 
 from mempipe.data.demo_data import write_demo_data
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from mempipe_research.testing import fast_config as write_fast_config
+from mempipe_research.testing import moto_s3
 
 
 @pytest.fixture(scope="session")
@@ -26,25 +22,17 @@ def demo_small(tmp_path_factory):
     return root
 
 
+@pytest.fixture
+def fast_config(tmp_path):
+    """A fast engine config file (``--config``): the full min-min loop in seconds."""
+    return write_fast_config(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """moto's S3 server on a free loopback port; s3fs talks to it over HTTP."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing-key-id",
-           "AWS_SECRET_ACCESS_KEY": "testing-secret-value", "AWS_DEFAULT_REGION": "us-east-1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    yield env
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    server.stop()
+    with moto_s3() as env:
+        yield env
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mempipe.data.demo_data import make_sample
-from mempipe.engine import MEMConfig, preset, protect_unit
+from mempipe.engine import Given, MEMConfig, preset, protect_unit
 from mempipe.engine import mem
 from mempipe.engine.convolution import convolution_noise, random_filters
-from mempipe.engine.hotflip import hotflip_batch
+from mempipe.engine.hotflip import Candidates, hotflip_batch
 from mempipe.engine.losses import clip_loss, group_swap_losses
 from mempipe.engine.surrogate import build_model, save_checkpoint
 from mempipe.engine.text import compose, decode_trigger, encode_captions, tokenizer, trigger_vocabulary
@@ -101,7 +101,7 @@ def test_hotflip_never_leaves_a_batch_worse(scope):
     trigger = random_trigger_ids(n_groups, 3, gen)
     with torch.no_grad():
         feats = model.encode_image(images.float() / 255)
-    new, before, after = hotflip_batch(model, feats, trigger, groups, body, lengths, trigger_vocabulary(), 6, 3)
+    new, before, after = hotflip_batch(model, feats, trigger, groups, body, lengths, Candidates(trigger_vocabulary(), 6, 3))
     assert after <= before + 1e-6
     assert new.shape == trigger.shape and trigger_vocabulary()[new].all()
     with torch.no_grad():
@@ -112,13 +112,13 @@ def test_hotflip_never_leaves_a_batch_worse(scope):
 def test_pgd_lowers_the_loss_and_keeps_each_image_with_its_own_trigger():
     images, captions = demo(32)
     cfg = TINY.with_overrides(pgd_steps=6, batch_size=32)
-    unit = mem._Unit(images, captions, cfg, torch.device("cpu"))
+    unit = mem.UnitTensors(images, captions, cfg, torch.device("cpu"))
     gen = torch.Generator().manual_seed(0)
     unit.set_groups(None, gen)
     model = build_model("tiny-vit", 64, 32, seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    mem._train_surrogate(model, opt, unit, cfg.with_overrides(train_steps=10), gen, torch.device("cpu"))
-    first, last = mem._pgd_round([model], unit, cfg, gen)
+    mem.train_surrogate(model, opt, unit, cfg.with_overrides(train_steps=10), gen, torch.device("cpu"))
+    first, last = mem.pgd_round([model], unit, cfg, gen)
     assert last < first
     assert unit.noise().abs().max() <= cfg.epsilon and unit.noise().abs().max() > 0
 
@@ -243,7 +243,8 @@ def test_hotflip_reads_the_gradient_where_the_trigger_sits():
         feats = model.encode_image(images.float() / 255)
     trigger = torch.tensor([[tokenizer().encode(w)[0] for w in ("apple", "river", "stone")]] * 12)
     groups = torch.arange(12)
-    new, before, after = hotflip_batch(model, feats, trigger, groups, body, lengths, trigger_vocabulary(), 6, 3, offsets)
+    new, before, after = hotflip_batch(model, feats, trigger, groups, body, lengths, Candidates(trigger_vocabulary(), 6, 3),
+                                       offsets)
     assert after <= before + 1e-6 and trigger_vocabulary()[new].all()
     with torch.no_grad():
         again = clip_loss(feats, model.encode_text(compose(new, body, lengths, 32, offsets)), model.logit_scale())
@@ -300,9 +301,9 @@ def test_text_features_skip_the_padding_exactly(arch, size, ctx):
 
 
 def mem_trim_width(tokens, ctx):
-    from mempipe.engine.surrogate import _trim_padding
+    from mempipe.engine.surrogate import trim_padding
 
-    width = _trim_padding(tokens, ctx).shape[1]
+    width = trim_padding(tokens, ctx).shape[1]
     assert width % 8 == 0 or width == ctx
     assert width > int(tokens.argmax(dim=1).max())  # every end token kept
     return width
@@ -346,12 +347,12 @@ def test_a_unit_starts_from_the_shared_surrogate_without_changing_it():
     shared = train_shared_surrogate(images, captions, cfg)
     before = {k: v.clone() for k, v in shared.state_dict().items()}
     assert unit_config(cfg).train_steps == 2 and unit_config(cfg.with_overrides(surrogate="per-unit")).train_steps == 3
-    result = protect_unit(images, captions, unit_config(cfg), surrogate=shared)
+    result = protect_unit(images, captions, unit_config(cfg), given=Given(surrogate=shared))
     assert all(torch.equal(before[k], v) for k, v in shared.state_dict().items())   # units fine-tune a copy
     assert result.noise.abs().max() <= cfg.epsilon and result.trigger_ids.shape == (24, 3)
     # the unit really started from the shared weights: with no fine-tune steps its first PGD loss
     # is the shared model's, not a fresh model's
-    frozen = protect_unit(images, captions, cfg.with_overrides(train_steps=0), surrogate=shared)
+    frozen = protect_unit(images, captions, cfg.with_overrides(train_steps=0), given=Given(surrogate=shared))
     fresh = protect_unit(images, captions, cfg.with_overrides(train_steps=0, surrogate="per-unit"))
     assert frozen.log[0]["pgd_loss_first"] != fresh.log[0]["pgd_loss_first"]
 
@@ -390,3 +391,20 @@ def test_conv_method_shares_a_filter_per_cluster_and_is_not_eps_bounded():
         MEMConfig(method="em", epsilon=64)
     with pytest.raises(ValueError, match="conv needs"):
         MEMConfig(method="conv", noise_scope="cluster+sample")
+
+
+def test_field_specs_read_each_settings_type_including_optional_ones(monkeypatch):
+    """The command line is made from these: a setting typed ``int | None`` must give int, not fail."""
+    from dataclasses import dataclass
+
+    from mempipe.engine import config
+
+    specs = {name: kind for name, kind, *_ in MEMConfig.field_specs()}
+    assert specs["epsilon"] is int and specs["checkpoint"] is str and specs["lr"] is float
+
+    @dataclass(frozen=True)
+    class WithOptional(MEMConfig):
+        max_units: int | None = None
+
+    monkeypatch.setitem(config.HELP, "max_units", "at most this many units")
+    assert {name: kind for name, kind, *_ in WithOptional.field_specs()}["max_units"] is int

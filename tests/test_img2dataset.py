@@ -2,6 +2,7 @@
 import pandas as pd
 from PIL import Image
 
+from mempipe_research.testing import fast_config as write_fast_config
 from mempipe.cli import main
 from mempipe.data.demo_data import make_sample
 from mempipe.io.shards import iter_shard, list_shards
@@ -44,8 +45,7 @@ def test_img2dataset_crawl_to_protected_shards(tmp_path, http_folder):
     """The documented ingestion path: img2dataset crawl -> mempipe protect -> protected shards."""
     crawled_dir, _ = crawl(tmp_path, http_folder, 30, 80, "center_crop")
     out = tmp_path / "protected"
-    cfg = tmp_path / "fast.yaml"
-    cfg.write_text("outer_iters: 1\ntrain_steps: 3\npgd_steps: 2\nhotflip_iters: 1\ncandidates: 4\n")
+    cfg = write_fast_config(tmp_path, outer_iters=1, train_steps=3)
     assert main(["protect", str(crawled_dir), str(out), "--config", str(cfg), "--no-ray", "--quiet",
                  "--provenance", "full"]) == 0
     crawled = {s.key: s for s in iter_shard(str(crawled_dir / "00000.tar"))}

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from mempipe_research.testing import fast_config as write_fast_config
 from mempipe.cli import main
 from mempipe.io.shards import iter_shard, list_shards
 
@@ -134,8 +135,7 @@ def test_ingested_shards_protect(tmp_path, fmt):
     lines = ["image,caption"] + [f"{n},{c}" for n, caps in CAPTIONS.items() for c in caps]
     (tmp_path / "captions.txt").write_text("\n".join(lines) + "\n")
     assert main(["ingest", str(tmp_path), str(tmp_path / "shards"), "--format", fmt]) == 0
-    cfg = tmp_path / "fast.yaml"
-    cfg.write_text("outer_iters: 1\ntrain_steps: 2\npgd_steps: 1\nhotflip_iters: 1\ncandidates: 2\nbatch_size: 4\n")
+    cfg = write_fast_config(tmp_path, outer_iters=1, train_steps=2, pgd_steps=1, candidates=2, batch_size=4)
     assert main(["protect", str(tmp_path / "shards"), str(tmp_path / "protected"), "--config", str(cfg),
                  "--no-ray", "--quiet", "--provenance", "full"]) == 0
     protected = list(iter_shard(str(tmp_path / "protected" / "00000.tar")))

@@ -1,5 +1,6 @@
 """Operations: manifests that cannot drift from the CLI, and a real `ray start` + job submission."""
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -12,11 +13,11 @@ from mempipe.cli import build_parser, engine_config
 from mempipe.data.demo_data import write_split
 from mempipe.io.shards import iter_shard
 
-from conftest import free_port
+from mempipe_research.testing import fast_config as write_fast_config
+from mempipe_research.testing import free_port
 from helpers import private_meta, private_run
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = "outer_iters: 1\ntrain_steps: 4\npgd_steps: 2\nhotflip_iters: 1\ncandidates: 4\nbatch_size: 64\n"
 
 
 def entrypoints():
@@ -87,8 +88,7 @@ def _ray_job_submit(address: str, entry: list[str]) -> str:
 def test_ray_job_submit_then_incremental_rerun(ray_head, tmp_path):
     inp, out = tmp_path / "in", tmp_path / "out"
     write_split(str(inp), 80, 64, seed=4, first_index=0, per_shard=40)
-    cfg = tmp_path / "fast.yaml"
-    cfg.write_text(FAST)
+    cfg = write_fast_config(tmp_path, outer_iters=1, train_steps=4)
     entry = [sys.executable, str(ROOT / "pipelines" / "protect_laion.py"), str(inp), str(out), "--config", str(cfg),
              "--num-actors", "1", "--trigger-scope", "global", "--quiet"]
     _ray_job_submit(ray_head, entry)
@@ -101,7 +101,10 @@ def test_ray_job_submit_then_incremental_rerun(ray_head, tmp_path):
     # a new crawl batch arrives: only its shard is protected, with the first run's trigger
     write_split(str(tmp_path / "batch2"), 40, 64, seed=5, first_index=500, per_shard=40)
     (tmp_path / "batch2" / "00000.tar").rename(inp / "00002.tar")
-    _ray_job_submit(ray_head, entry)
+    # the nightly rerun, here in one process (the same entry point and driver; the job path is shown above)
+    rerun = subprocess.run([c for c in entry if c not in ("--num-actors", "1")] + ["--no-ray"], capture_output=True,
+                           text=True, timeout=600, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
     second = private_run(out)
     assert second["shards_written"] == 1 and second["shards_done_before"] == 2
     assert second["trigger_table"]["global"] == first["trigger_table"]["global"]

@@ -1,22 +1,21 @@
-"""The Ray Data pipeline on a real local Ray: clusters, shared trigger, faults, resume, S3."""
+"""The pipeline end to end: clusters and a shared trigger with a faulty shard, S3 to S3, unit packing
+(on Ray: tests/test_driver.py, test_streaming.py, test_reliability.py, test_operations.py)."""
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import pyarrow.parquet as pq
 import pytest
 
 from mempipe.cli import main
-from mempipe.data.demo_data import write_split
 from mempipe.io.shards import iter_shard
+
+from mempipe_research.testing import fast_config as write_fast_config
 
 from helpers import image_bytes, make_tar, private_meta, private_run, sample_members
 
-FAST = "outer_iters: 2\ntrain_steps: 6\npgd_steps: 2\nhotflip_iters: 1\ncandidates: 4\nbatch_size: 64\nclusters: 4\n"
 
 
 def keys_in(out):
@@ -35,9 +34,7 @@ def input_keys(inp):
 
 @pytest.fixture
 def fast_config(tmp_path):
-    path = tmp_path / "fast.yaml"
-    path.write_text(FAST)
-    return str(path)
+    return write_fast_config(tmp_path, clusters=4)
 
 
 def test_cluster_partition_with_global_trigger_and_a_faulty_shard(demo_small, tmp_path, fast_config, capsys):
@@ -47,7 +44,7 @@ def test_cluster_partition_with_global_trigger_and_a_faulty_shard(demo_small, tm
     make_tar(inp / "00001.tar", sample_members("trunc", img=truncated_jpeg, ext="jpg")
              + [("nocap.png", image_bytes())] + sample_members("badjson")[:2] + [("badjson.json", b"{oops")])
     out = tmp_path / "out"
-    assert main(["protect", str(inp), str(out), "--config", fast_config, "--partition", "cluster", "--num-actors", "2",
+    assert main(["protect", str(inp), str(out), "--config", fast_config, "--partition", "cluster", "--no-ray",
                  "--trigger-scope", "global", "--quiet"]) == 0
     protected, failed = keys_in(out)
     assert sorted(protected + failed) == sorted(input_keys(inp))  # every key exactly once
@@ -55,52 +52,18 @@ def test_cluster_partition_with_global_trigger_and_a_faulty_shard(demo_small, tm
     private = private_meta(out)
     samples = [private[(tar.stem, s.key)] for tar in sorted(out.glob("*.tar")) for s in iter_shard(str(tar))]
     triggers = {m["trigger"] for m in samples}
-    assert len(triggers) == 1  # one global trigger, read by every actor from the named actor
+    assert len(triggers) == 1  # one global trigger, fitted once for every window
     clusters = {m["cluster"] for m in samples}
     assert clusters <= {0, 1, 2, 3} and len(clusters) > 1
     assert all(m["max_delta"] <= 8 for m in samples)
     record = private_run(out)
-    assert record["engine"] == "ray" and record["trigger_text"]["global"] == triggers.pop()
+    assert record["engine"] == "local" and record["trigger_text"]["global"] == triggers.pop()
     assert len(record["centroids"]) == 4 and record["samples_protected"] == len(protected)
     # a finished run, started again, does nothing and leaves the run records as they were
     before = (out / "mempipe_run.json").read_bytes()
-    assert main(["protect", str(inp), str(out), "--config", fast_config, "--partition", "cluster", "--quiet"]) == 0
+    assert main(["protect", str(inp), str(out), "--config", fast_config, "--partition", "cluster", "--no-ray",
+                 "--quiet"]) == 0
     assert (out / "mempipe_run.json").read_bytes() == before
-
-
-def test_kill_the_driver_mid_run_then_resume(tmp_path, fast_config):
-    inp = tmp_path / "in"
-    write_split(str(inp), 250, 64, seed=2, first_index=0, per_shard=50)
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "mempipe.cli", "protect", str(inp), str(out), "--config", fast_config,
-           "--partition", "shard", "--num-actors", "1", "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and not list(out.glob("*_stats.json")) and proc.poll() is None:
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
-    proc.wait()
-    # a Ray worker can outlive its driver for a moment and finish the shard it holds: wait until the
-    # finished set stops changing, so the rerun is judged against what it really found
-    done_first, settle_until = None, time.time() + 60
-    while time.time() < settle_until:
-        now = sorted(p.name for p in out.glob("*_stats.json"))
-        if now == done_first:
-            break
-        done_first = now
-        time.sleep(5)
-    assert 1 <= len(done_first) < 5, done_first
-    mtimes = {name: (out / name.replace("_stats.json", ".tar")).stat().st_mtime for name in done_first}
-
-    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    summary = json.loads(rerun.stdout.strip().splitlines()[-1])
-    assert summary["shards_written"] == 5 - len(done_first)
-    for name, mtime in mtimes.items():  # finished shards were not redone
-        assert (out / name.replace("_stats.json", ".tar")).stat().st_mtime == mtime
-    protected, failed = keys_in(out)
-    assert sorted(protected) == sorted(input_keys(inp)) and not failed  # every key exactly once
-    print(f"resume: {len(done_first)} shards done before the kill, {summary['shards_written']} after")
 
 
 def test_s3_to_s3(demo_small, s3_bucket, fast_config):
@@ -110,7 +73,7 @@ def test_s3_to_s3(demo_small, s3_bucket, fast_config):
     for path in (demo_small / "test").iterdir():
         fs.put_file(str(path), f"{s3_bucket}/in/{path.name}")
     cmd = [sys.executable, "-m", "mempipe.cli", "protect", f"s3://{s3_bucket}/in", f"s3://{s3_bucket}/out",
-           "--config", fast_config, "--num-actors", "1", "--quiet"]
+           "--config", fast_config, "--no-ray", "--quiet"]   # the same driver as on Ray; Ray with S3: test_reliability
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=os.environ.copy())
     assert run.returncode == 0, run.stderr[-2000:]
     fs.invalidate_cache()

@@ -9,6 +9,7 @@ from mempipe.cli import main
 from mempipe.io.images import decode_rgb
 from mempipe.io.shards import iter_shard
 from mempipe.engine.text import tokenizer
+from mempipe_research.testing import fast_config as write_fast_config
 
 from helpers import image_bytes, make_tar, sample_members, private_meta, private_run
 
@@ -17,9 +18,7 @@ FAST = ["--preset", "cpu-tiny", "--quiet", "--seed", "1", "--no-ray"]
 
 @pytest.fixture(scope="module")
 def fast_config(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cfg") / "fast.yaml"
-    path.write_text("outer_iters: 2\ntrain_steps: 6\npgd_steps: 2\nhotflip_iters: 1\ncandidates: 4\nbatch_size: 64\n")
-    return str(path)
+    return write_fast_config(tmp_path_factory.mktemp("cfg"))
 
 
 def test_protect_end_to_end_on_300_demo_samples_with_bad_ones(demo_small, tmp_path, fast_config, capsys):
@@ -125,7 +124,7 @@ def test_a_small_input_runs_in_this_process_unless_a_ray_setting_is_given(demo_s
     from mempipe import cli
 
     started = []
-    monkeypatch.setattr("mempipe.run.pipeline.run_pipeline", lambda *a, **k: started.append(1) or {})
+    monkeypatch.setattr("mempipe.run.ray_pool.init_ray", lambda *a, **k: started.append(1))
     argv = ["protect", str(demo_small / "test"), str(tmp_path / "o"), "--method", "random"]
     assert main(argv) == 0                                   # one shard: no Ray start
     assert not started and private_run(tmp_path / "o")["engine"] == "local"

@@ -27,10 +27,10 @@ from mempipe.io.locations import check_locations, locate
 from mempipe.io.locks import LOCK_FILE, OutputLock, OutputLocked
 from mempipe.io.shards import iter_shard
 
-from fault_proxy import FaultProxy
+from mempipe_research.testing import FaultProxy
+from mempipe_research.testing import fast_config as write_fast_config
 from helpers import make_tar, sample_members
 
-FAST = "outer_iters: 2\ntrain_steps: 4\npgd_steps: 2\nhotflip_iters: 1\ncandidates: 4\nbatch_size: 32\n"
 
 
 def checksums(folder: Path) -> dict[str, str]:
@@ -228,20 +228,21 @@ def test_on_ray_a_shard_that_kills_its_worker_is_quarantined_and_the_run_goes_on
     assert not (out / "00001_stats.json").exists()
     _assert_hostile_reasons(out, good_shards=1)
     assert len(list(out.glob("*_stats.json"))) == 6
-    rerun = subprocess.run([c for c in cmd], env=dict(os.environ), capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run([c for c in cmd if c not in ("--num-actors", "2")] + ["--no-ray"], env=dict(os.environ),
+                           capture_output=True, text=True, timeout=600)   # the quarantined shard, in this process
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert (out / "00001_stats.json").exists()
 
 
 # ------------------------------------------------------------------ one run at a time
 
-def test_a_second_run_on_a_held_output_is_refused(tmp_path, fast=FAST):
+def test_a_second_run_on_a_held_output_is_refused(tmp_path):
     inp = tmp_path / "in"
     write_split(str(inp), 120, 32, seed=2, first_index=0, per_shard=20)
-    (tmp_path / "fast.yaml").write_text(fast)
+    config = write_fast_config(tmp_path, train_steps=4, batch_size=32)
     out = tmp_path / "out"
     first = subprocess.Popen([sys.executable, "-m", "mempipe.cli", "protect", str(inp), str(out), "--no-ray", "--config",
-                              str(tmp_path / "fast.yaml"), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                              config, "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not (out / LOCK_FILE).exists() and time.time() < deadline and first.poll() is None:
         time.sleep(0.05)
@@ -272,11 +273,18 @@ def test_stale_locks_taken_over_on_this_host_broken_on_request_elsewhere(tmp_pat
     assert not (out / LOCK_FILE).exists()
 
 
-def test_the_s3_lock_is_a_conditional_put(s3_bucket):
+def test_the_s3_lock_is_a_conditional_put_decided_by_the_server(s3_bucket, monkeypatch):
+    """Two runs race: the second looks before the first one's lock has landed (every existence check
+    says no), then writes. Only a PUT that the server refuses when the object exists keeps it out;
+    a check-then-write lock would let both runs in."""
     url = f"s3://{s3_bucket}/out"
     holder = OutputLock(url, "first").acquire()
+    second = OutputLock(url, "second")
+    monkeypatch.setattr(type(second.fs), "exists", lambda self, path, **kwargs: False)
     with pytest.raises(OutputLocked, match="first"):
-        OutputLock(url, "second").acquire()
+        second.acquire()
+    monkeypatch.undo()
+    assert holder.holder()["run_id"] == "first"   # the first run's lock is untouched
     holder.release()
     OutputLock(url, "second").acquire().release()
 
@@ -390,14 +398,15 @@ def test_on_ray_the_fits_storage_failure_is_one_line_and_exit_3(s3_server, s3_bu
     with FaultProxy(s3_server["AWS_ENDPOINT_URL"]) as proxy:
         cmd = [sys.executable, "-m", "mempipe.cli", "protect", f"s3://{s3_bucket}/in", f"s3://{s3_bucket}/out",
                "--outer-iters", "1", "--train-steps", "2", "--pgd-steps", "1", "--hotflip-iters", "1", "--candidates",
-               "2", "--unit-size", "20", "--num-actors", "1", "--quiet", "--storage-options", _options(proxy, 2)]
-        assert subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600).returncode == 0
+               "2", "--unit-size", "20", "--quiet", "--storage-options", _options(proxy, 2)]
+        # the first run writes the record in this process; the resumed one runs its fit on Ray
+        assert subprocess.run(cmd + ["--no-ray"], env=env, capture_output=True, text=True, timeout=600).returncode == 0
         fs.invalidate_cache()
         for path in fs.ls(f"{s3_bucket}/out"):
             if "00001" in path:
                 fs.rm(path)
         proxy.fail_always.add("surrogate.pt")
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(cmd + ["--num-actors", "1"], env=env, capture_output=True, text=True, timeout=600)
     err = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 3
     assert len(err) == 1 and err[0].startswith("mempipe: storage failure: read surrogate.pt failed after 2 attempts")

@@ -7,7 +7,7 @@ from PIL import Image
 
 from mempipe.io import storage
 from mempipe.io.images import ImageError, decode_rgb
-from mempipe.run.protect import read_shard
+from mempipe.run.samples import read_shard
 from mempipe.io.shards import ShardOutput, iter_shard, list_shards, shard_done, write_shard
 
 from helpers import image_bytes, make_tar, sample_members

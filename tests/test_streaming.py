@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -17,9 +18,10 @@ from mempipe.cli import main
 from mempipe.data.demo_data import write_split
 from mempipe.io.shards import done_shards, iter_shard
 
+from mempipe_research.testing import fast_config as write_fast_config
+
 from helpers import private_meta
 
-FAST = "outer_iters: 2\ntrain_steps: 6\npgd_steps: 2\nhotflip_iters: 1\ncandidates: 4\nbatch_size: 32\nclusters: 3\n"
 FIT_FILES = ("fit.json", "features.pt", "surrogate.pt")
 
 
@@ -36,9 +38,7 @@ def fit_bytes(record) -> dict[str, str]:
 
 @pytest.fixture
 def fast_config(tmp_path):
-    path = tmp_path / "fast.yaml"
-    path.write_text(FAST)
-    return str(path)
+    return write_fast_config(tmp_path, batch_size=32, clusters=3)
 
 
 def _check_triggers_follow_the_fit(out, record):
@@ -60,19 +60,25 @@ def test_kill_the_driver_mid_run_then_resume_against_the_same_fit(tmp_path, fast
     while time.time() < deadline and not list(out.glob("*_stats.json")) and proc.poll() is None:
         time.sleep(0.1)
     first_stats = min((p.stat().st_mtime_ns for p in out.glob("*_stats.json")), default=None)
+    run_processes = psutil.Process(proc.pid).children(recursive=True)   # Ray's daemons and workers
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert first_stats is not None
     # the fit landed in the record before the first protected shard
     assert all((record / name).stat().st_mtime_ns < first_stats for name in FIT_FILES)
-    time.sleep(5)  # a worker may outlive its driver for a moment and finish its shard
-    done_before = sorted(p.name for p in out.glob("*_stats.json"))
+    # killing the session stops the whole run (a worker may outlive its driver for a moment and finish
+    # its shard): done shards are counted once every process of the run is gone, not after a guess
+    _, alive = psutil.wait_procs(run_processes, timeout=60)
+    assert alive == [], f"the killed run's processes live on: {[p.name() for p in alive]}"
+    done_before = {p.name: p.stat().st_mtime_ns for p in out.glob("*_stats.json")}
     assert 1 <= len(done_before) < 5
     fitted = fit_bytes(record)
 
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert fit_bytes(record) == fitted   # loaded, not fitted again
+    assert {n: (out / n).stat().st_mtime_ns for n in done_before} == done_before   # done shards not redone
+    assert json.loads(rerun.stdout.strip().splitlines()[-1])["shards_written"] == 5 - len(done_before)
     protected, failed = keys(out)
     inputs = [s.key for t in sorted(inp.glob("*.tar")) for s in iter_shard(str(t))]
     assert sorted(protected) == sorted(inputs) and not failed   # every key exactly once

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchvision.transforms.v2 as T
 
-from mempipe.engine import MEMConfig, protect_unit
+from mempipe.engine import Given, MEMConfig, protect_unit
 from mempipe.engine.losses import clip_loss
 from mempipe.engine.surrogate import build_model
 from mempipe.engine.views import crop_box, resize, thief_view
@@ -82,8 +82,9 @@ def test_an_ensemble_member_changes_the_noise_and_sizes_differ_per_member(public
     assert other.input_size == 24
     cfg = _config(public, method="em", outer_iters=1, pgd_steps=3)
     alone = protect_unit(images[:16], captions[:16], cfg).noise
-    together = protect_unit(images[:16], captions[:16], cfg, ensemble=[other]).noise
-    worst = protect_unit(images[:16], captions[:16], cfg.with_overrides(ensemble_reduce="max"), ensemble=[other]).noise
+    together = protect_unit(images[:16], captions[:16], cfg, given=Given(ensemble=[other])).noise
+    worst = protect_unit(images[:16], captions[:16], cfg.with_overrides(ensemble_reduce="max"),
+                         given=Given(ensemble=[other])).noise
     assert not torch.equal(alone, together) and int(together.abs().max()) <= cfg.epsilon
     assert worst.shape == together.shape
 

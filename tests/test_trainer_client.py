@@ -3,6 +3,7 @@ environment the README installs (webdataset pinned to what open_clip_train expec
 from argparse import Namespace
 
 import torch
+from mempipe_research.testing import fast_config as write_fast_config
 from mempipe.cli import main
 from mempipe.io.shards import iter_shard
 
@@ -11,8 +12,8 @@ def test_open_clip_train_get_wds_dataset_reads_protected_shards(demo_small, tmp_
     import open_clip
     from open_clip_train.data import get_wds_dataset
 
-    out, cfg = tmp_path / "protected", tmp_path / "fast.yaml"
-    cfg.write_text("outer_iters: 1\ntrain_steps: 2\npgd_steps: 1\nhotflip_iters: 1\ncandidates: 2\n")
+    out = tmp_path / "protected"
+    cfg = write_fast_config(tmp_path, outer_iters=1, train_steps=2, pgd_steps=1, candidates=2)
     assert main(["protect", str(demo_small / "test"), str(out), "--config", str(cfg), "--no-ray", "--quiet"]) == 0
     captions = {s.caption for s in iter_shard(str(out / "00000.tar"))}
     args = Namespace(train_data=str(out / "00000.tar"), val_data=None, train_num_samples=60, val_num_samples=None,

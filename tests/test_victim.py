@@ -1,10 +1,11 @@
 import json
 
+import pytest
 import torch
 from PIL import Image
 
 from mempipe.cli import main
-from mempipe.evaluation.datasets import apply_caption_defense, apply_image_defense, insert_random_words, prefix_random_words
+from mempipe.evaluation.datasets import Defense, insert_random_words, prefix_random_words
 from mempipe.evaluation.victim import retrieval_metrics
 
 
@@ -27,12 +28,16 @@ def test_a_collapsed_encoder_is_not_ranked_first_by_ties():
 
 
 def test_thief_countermeasures():
-    assert apply_caption_defense("apple river stone a red circle", "strip:3") == "a red circle"
-    assert apply_caption_defense("a red circle", "none") == "a red circle"
+    assert Defense.parse("strip:3").caption("apple river stone a red circle") == "a red circle"
+    assert Defense.parse("none").caption("a red circle") == "a red circle"
     image = Image.new("RGB", (16, 16), (200, 30, 30))
-    gray = apply_image_defense(image, "grayscale")
+    gray = Defense.parse("grayscale").image(image)
     assert len(set(gray.getpixel((0, 0)))) == 1
-    assert apply_image_defense(image, "jpeg:10").size == (16, 16)
+    assert Defense.parse("jpeg:10").image(image).size == (16, 16)
+    assert [str(Defense.parse(t)) for t in ("none", "jpeg:75", "strip:3", "crop")] == ["none", "jpeg:75", "strip:3", "crop"]
+    for bad in ("jpeg:0", "jpeg", "strip:x", "blur"):
+        with pytest.raises(ValueError, match="unknown --defense"):
+            Defense.parse(bad)
     prefixed = prefix_random_words(["a red circle", "a blue box"], 3, seed=1)
     assert all(len(p.split()) == len(c.split()) + 3 and p.endswith(c) for p, c in zip(prefixed, ["a red circle", "a blue box"]))
     assert prefixed == prefix_random_words(["a red circle", "a blue box"], 3, seed=1)

@@ -237,9 +237,22 @@ def write_rows(rows: list[CaptionRow], out: str, source: str, max_size: int, per
     return counts
 
 
-def read_rows(src: str, fmt: str, image_root: str | None = None, annotations: str | None = None,
-              image_column: str | None = None, caption_column: str | None = None,
-              storage_options: dict | None = None) -> list[CaptionRow]:
+@dataclass(frozen=True)
+class Source:
+    """A captioned image dataset as it lies: its folder or file, its format and where its parts are."""
+
+    src: str
+    fmt: str
+    image_root: str | None = None
+    annotations: str | None = None
+    image_column: str | None = None
+    caption_column: str | None = None
+    storage_options: dict | None = None
+
+
+def read_rows(source: Source) -> list[CaptionRow]:
+    src, fmt, image_root, annotations = source.src, source.fmt, source.image_root, source.annotations
+    image_column, caption_column, storage_options = source.image_column, source.caption_column, source.storage_options
     if fmt == "csv":
         return read_csv_rows(src, image_root, image_column, caption_column, storage_options)
     if fmt == "flickr8k":
@@ -251,12 +264,11 @@ def read_rows(src: str, fmt: str, image_root: str | None = None, annotations: st
     raise ValueError(f"unknown --format {fmt!r}; choose from {FORMATS}")
 
 
-def ingest(src: str, out: str, fmt: str, captions: str = "all", image_root: str | None = None,
-           annotations: str | None = None, image_column: str | None = None, caption_column: str | None = None,
-           split_file: str | None = None, test_images: int = 0, seed: int = 0, max_size: int = 512,
-           per_shard: int = 1000, storage_options: dict | None = None) -> dict:
+def ingest(source: Source, out: str, captions: str = "all", split_file: str | None = None, test_images: int = 0,
+           seed: int = 0, max_size: int = 512, per_shard: int = 1000) -> dict:
     """Write ``out`` (or ``out/train`` and ``out/test`` with ``test_images``); returns counts."""
-    rows = read_rows(src, fmt, image_root, annotations, image_column, caption_column, storage_options)
+    src, fmt, storage_options = source.src, source.fmt, source.storage_options
+    rows = read_rows(source)
     split_names = None
     if split_file:
         split_names = {line.strip() for line in _read_text(split_file, storage_options).splitlines() if line.strip()}

@@ -15,11 +15,11 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from .demo_data import LEAD_INS as SCENE_LEAD_INS
-from .demo_data import POSITION_WORDS
-from .demo_data import SHAPES as SCENE_SHAPES
-from .demo_data import SIZE_WORDS as SCENE_SIZE_WORDS
-from .demo_data import make_sample as make_scene_sample
+from .scenes import LEAD_INS as SCENE_LEAD_INS
+from .scenes import POSITION_WORDS
+from .scenes import SHAPES as SCENE_SHAPES
+from .scenes import SIZE_WORDS as SCENE_SIZE_WORDS
+from .scenes import make_sample as make_scene_sample
 from .photo_data import OWNER_SHAPES, PUBLIC_SHAPES, SHAPE_WORDS, make_photo_sample, shape_mask
 
 assert set(SCENE_SHAPES) <= set(PUBLIC_SHAPES), "the flat scenes must not show the owner's shapes"

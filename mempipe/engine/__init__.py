@@ -4,6 +4,6 @@ Inputs are tensors (uint8 images at the surrogate's resolution, caption token id
 cluster ids); outputs are tensors (int8 noise levels, trigger token ids) and a loss log.
 """
 from .config import MEMConfig, PRESETS, preset
-from .mem import UnitResult, protect_unit
+from .mem import Given, UnitResult, protect_unit
 
-__all__ = ["MEMConfig", "PRESETS", "preset", "UnitResult", "protect_unit"]
+__all__ = ["Given", "MEMConfig", "PRESETS", "preset", "UnitResult", "protect_unit"]

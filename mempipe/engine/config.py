@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from pathlib import Path
+from typing import Any, get_args, get_type_hints
 
 METHODS = ("mem", "em", "random", "uc", "conv")
 SCOPES = ("sample", "cluster", "global")
@@ -47,7 +48,7 @@ class MEMConfig:
     unit_size: int = 2048
     candidate_chunk: int = 4        # candidate trigger sets encoded per text forward
     pgd_batch_size: int = 0         # PGD batch (more in-batch negatives, fuller GPU); 0 = batch_size as the paper
-    precision: str = "fp32"         # fp32 | bf16 (autocast on a GPU, fp32 master weights)
+    precision: str = "fp32"         # fp32 | bf16 (autocast, fp32 master weights; for GPUs)
     compile: bool = False           # torch.compile the image and text towers
     # shared (default): one surrogate per run, 2.75x faster on CPU and at parity in the victim rows
     # (bench/results/shared_surrogate.json, effectiveness.json); per-unit: each unit trains its own
@@ -152,8 +153,13 @@ class MEMConfig:
     def field_specs(cls) -> list[tuple[str, type, tuple | None, str]]:
         """(name, type, choices, help) for every setting: the one source the command line, the
         config file and the README's option list are made from."""
-        kinds = {"int": int, "float": float, "str": str, "bool": bool, "str | None": str}
-        return [(f.name, kinds[str(f.type)], CHOICES.get(f.name), HELP[f.name]) for f in fields(cls)]
+        hints = get_type_hints(cls)
+
+        def kind(hint) -> type:   # ``int | None`` -> int: None is the "not given" of every option
+            given = [a for a in get_args(hint) if a is not type(None)]
+            return given[0] if given else hint
+
+        return [(f.name, kind(hints[f.name]), CHOICES.get(f.name), HELP[f.name]) for f in fields(cls)]
 
     def with_overrides(self, **overrides: Any) -> "MEMConfig":
         known = {f.name for f in fields(self)}
@@ -202,7 +208,7 @@ HELP: dict[str, str] = {
     "unit_size": "largest work unit in samples (memory follows it, not the dataset)",
     "candidate_chunk": "candidate trigger sets encoded per text forward (speed only)",
     "pgd_batch_size": "PGD batch (0: the surrogate batch, as the paper)",
-    "precision": "fp32, or bf16 autocast on a GPU with fp32 master weights (speed only)",
+    "precision": "fp32, or bf16 autocast with fp32 master weights (speed on a GPU only)",
     "compile": "torch.compile the surrogate's towers (speed only)",
     "surrogate": "shared: one surrogate fitted per run and reused by later runs; per-unit: each unit trains its own",
     "unit_train_steps": "shared surrogate: fine-tune steps per round inside a unit (0: frozen)",
@@ -219,30 +225,21 @@ HELP: dict[str, str] = {
     "seed": "seed of every random choice (sample, clusters, triggers, noise)",
 }
 
-PRESETS: dict[str, MEMConfig] = {
-    # The authors' code (MEM-3): RN50 from scratch at 224 px, 20 rounds x (200 surrogate
-    # steps, HotFlip in the first 5, 8 PGD steps of 1/255), eps 8/255, batch 128.
-    "paper": MEMConfig(arch="RN50", image_size=224, context_length=77, epsilon=8, alpha=1, pgd_steps=8,
-                       outer_iters=20, train_steps=200, hotflip_iters=5, candidates=16, trigger_len=3,
-                       batch_size=128, lr=1e-4, unit_size=2048),
-    # A small surrogate at 64 px, sized to protect 2,000 samples in minutes on 2 CPU cores. Trigger
-    # scope 'cluster': the scope with the lowest victim R@10 in bench/results/effectiveness.json.
-    "cpu-tiny": MEMConfig(trigger_scope="cluster"),
-    # Against a thief who fine-tunes a pretrained CLIP with its own trainer: error-minimising noise against
-    # the frozen pretrained surrogate(s), 5 rounds of 4 PGD steps, applied to each image's centre square.
-    # The thief table (docs/thief.md) decided it: the best row measured against open_clip_train; the crop
-    # in the loop (--transform crop) and an ensemble measured weaker there. It protects partly against the
-    # surrogate's own model and nothing measured against a held-out family. Needs a pretrained surrogate.
-    "finetune-thief": MEMConfig(method="em", arch="ViT-B-32", image_size=224, context_length=77, epsilon=8, alpha=1,
-                                pgd_steps=4, outer_iters=5, train_steps=0, unit_train_steps=0,
-                                batch_size=128, unit_size=2048),
-    # The authors' fine-tune recipe (operation_finetune.txt): a pretrained CLIP as the surrogate,
-    # 10 rounds x 50 surrogate steps at lr 1e-5 (on the fit sample; frozen inside units), HotFlip in
-    # the first 2 rounds with 6 candidates. Needs --checkpoint (and --model-config for your own model).
-    "finetune": MEMConfig(arch="ViT-B-32", image_size=224, context_length=77, epsilon=8, alpha=1, pgd_steps=8,
-                          outer_iters=10, train_steps=50, hotflip_iters=2, candidates=6, trigger_len=3,
-                          batch_size=128, lr=1e-5, unit_size=2048),
-}
+def read_settings(path: "str | Path") -> dict[str, Any]:
+    """Engine settings from a YAML mapping: a ``--config`` file, or a preset of the package."""
+    import yaml
+
+    with open(path) as f:
+        settings = yaml.safe_load(f) or {}
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path} must hold a mapping of engine settings")
+    return settings
+
+
+# the presets are data: mempipe/presets/NAME.yaml, read like a --config file, over the defaults
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+PRESETS: dict[str, MEMConfig] = {path.stem: MEMConfig().with_overrides(**read_settings(path))
+                                 for path in sorted(PRESETS_DIR.glob("*.yaml"))}
 PRETRAINED_PRESETS = ("finetune", "finetune-thief")
 # what each preset protects against, for --help (measured in docs/effectiveness.md)
 PRESET_THREATS = {

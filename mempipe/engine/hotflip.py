@@ -1,6 +1,8 @@
 """HotFlip trigger search: first-order token scores, then a greedy choice by the real loss."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .losses import clip_loss, group_swap_losses
@@ -8,7 +10,7 @@ from .surrogate import ClipModel
 from .text import compose, trigger_offsets
 
 
-class _EmbeddingTap:
+class EmbeddingTap:
     """Makes the token embeddings of one forward a leaf tensor, so their gradient can be read."""
 
     def __init__(self, embedding: torch.nn.Embedding) -> None:
@@ -23,9 +25,19 @@ class _EmbeddingTap:
         self._handle.remove()
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """Where HotFlip looks: the tokens allowed in a trigger (a vocabulary mask), how many of the
+    best-scored it tries per position, and how many of those it evaluates at once."""
+
+    allowed: torch.Tensor
+    per_position: int
+    chunk: int
+
+
 def hotflip_batch(model: ClipModel, image_features: torch.Tensor, trigger: torch.Tensor, groups: torch.Tensor,
-                  body: torch.Tensor, lengths: torch.Tensor, allowed: torch.Tensor, candidates: int,
-                  candidate_chunk: int, insert_at: torch.Tensor | None = None) -> tuple[torch.Tensor, float, float]:
+                  body: torch.Tensor, lengths: torch.Tensor, search: Candidates,
+                  insert_at: torch.Tensor | None = None) -> tuple[torch.Tensor, float, float]:
     """One greedy left-to-right pass over the trigger positions for one batch.
 
     ``trigger`` (G x k) holds the triggers of the batch's G groups (a sample, a cluster or
@@ -50,7 +62,7 @@ def hotflip_batch(model: ClipModel, image_features: torch.Tensor, trigger: torch
 
     for position in range(k):
         # first-order scores: loss change ~ (e' - e) . grad, so rank tokens by -grad . E
-        tap = _EmbeddingTap(model.token_embedding)
+        tap = EmbeddingTap(model.token_embedding)
         try:
             features = text_features(trigger[groups])
             loss = clip_loss(image_features, features, scale)
@@ -63,14 +75,14 @@ def hotflip_batch(model: ClipModel, image_features: torch.Tensor, trigger: torch
         group_grad = torch.zeros(n_groups, grad.shape[1], dtype=grad.dtype, device=grad.device)
         group_grad.index_add_(0, groups, grad)
         scores = -(group_grad @ embedding.t().to(grad.dtype))                                 # G x V
-        scores[:, ~allowed] = -torch.inf
-        top = scores.topk(candidates, dim=1).indices                                         # G x C
+        scores[:, ~search.allowed] = -torch.inf
+        top = scores.topk(search.per_position, dim=1).indices                                         # G x C
 
         best_loss = torch.full((n_groups,), current_loss, device=grad.device)
         best_token = trigger[:, position].clone()
         with torch.no_grad():
-            for start in range(0, candidates, candidate_chunk):
-                chunk = top[:, start : start + candidate_chunk]                              # G x c
+            for start in range(0, search.per_position, search.chunk):
+                chunk = top[:, start : start + search.chunk]                              # G x c
                 c = chunk.shape[1]
                 trig = trigger[groups].repeat(c, 1)                                          # (c*N) x k
                 trig[:, position] = chunk[groups].t().reshape(-1)

@@ -29,7 +29,7 @@ import torch
 from .clusters import kmeans
 from .config import MEMConfig
 from .convolution import convolution_noise
-from .hotflip import hotflip_batch
+from .hotflip import Candidates, hotflip_batch
 from .losses import clip_loss
 from .surrogate import ClipModel, build_model
 from .views import resize, thief_view
@@ -56,7 +56,7 @@ class NoisePart:
     bound: int
 
 
-class _Unit:
+class UnitTensors:
     """The unit's tensors and lookup tables, resident on the device for the whole unit."""
 
     def __init__(self, images: torch.Tensor, captions: list[str], cfg: MEMConfig, device: torch.device,
@@ -139,7 +139,7 @@ class _Unit:
         return compose(empty, self.body[idx], self.lengths[idx], self.cfg.context_length)
 
 
-def surrogate_for(cfg: MEMConfig, device: torch.device, unit: _Unit, start: ClipModel | None = None) -> ClipModel:
+def surrogate_for(cfg: MEMConfig, device: torch.device, unit: UnitTensors, start: ClipModel | None = None) -> ClipModel:
     """A surrogate on the device, in the unit's memory layout, compiled when asked: fresh (or the
     configured checkpoint), or a private copy of ``start`` (the run's shared surrogate)."""
     if start is not None:
@@ -165,12 +165,14 @@ def _batches(n: int, size: int, generator: torch.Generator) -> list[torch.Tensor
 
 
 def _autocast(cfg: MEMConfig, device: torch.device):
-    if cfg.precision == "bf16" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on the unit's device (fp32 master weights); on a CPU it is slower, and only useful
+    to check the bf16 path where no GPU is at hand."""
+    if cfg.precision == "bf16" and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def _train_surrogate(model: ClipModel, opt: torch.optim.Optimizer, unit: _Unit, cfg: MEMConfig,
+def train_surrogate(model: ClipModel, opt: torch.optim.Optimizer, unit: UnitTensors, cfg: MEMConfig,
                      generator: torch.Generator, device: torch.device) -> float:
     model.train()
     n, losses = len(unit.images), []   # kept on the device: reading each loss back would stall the GPU
@@ -193,7 +195,7 @@ def _train_surrogate(model: ClipModel, opt: torch.optim.Optimizer, unit: _Unit, 
 
 
 @torch.no_grad()
-def unit_features(model: ClipModel, unit: _Unit, which: str, batch_size: int) -> torch.Tensor:
+def unit_features(model: ClipModel, unit: UnitTensors, which: str, batch_size: int) -> torch.Tensor:
     """Clean image and/or caption features of every sample (for the class-agnostic clusters)."""
     feats = []
     for idx in torch.arange(len(unit.images), device=unit.images.device).split(batch_size):
@@ -206,7 +208,7 @@ def unit_features(model: ClipModel, unit: _Unit, which: str, batch_size: int) ->
     return torch.cat(feats)
 
 
-def _hotflip_round(model: ClipModel, unit: _Unit, cfg: MEMConfig, generator: torch.Generator) -> tuple[float, float]:
+def hotflip_round(model: ClipModel, unit: UnitTensors, cfg: MEMConfig, generator: torch.Generator) -> tuple[float, float]:
     before, after = [], []
     for idx in _batches(len(unit.images), cfg.batch_size, generator):
         idx = idx.to(unit.images.device)
@@ -215,7 +217,7 @@ def _hotflip_round(model: ClipModel, unit: _Unit, cfg: MEMConfig, generator: tor
         local, groups = torch.unique(unit.trigger_group[idx], return_inverse=True)
         with _autocast(cfg, idx.device):
             new, b, a = hotflip_batch(model, image_features, unit.trigger[local], groups, unit.body[idx],
-                                      unit.lengths[idx], unit.allowed, cfg.candidates, cfg.candidate_chunk,
+                                      unit.lengths[idx], Candidates(unit.allowed, cfg.candidates, cfg.candidate_chunk),
                                       None if unit.insert_at is None else unit.insert_at[idx])
         unit.trigger[local] = new
         before.append(b)
@@ -223,7 +225,7 @@ def _hotflip_round(model: ClipModel, unit: _Unit, cfg: MEMConfig, generator: tor
     return float(np.mean(before)), float(np.mean(after))
 
 
-def _member_loss(model: ClipModel, unit: _Unit, cfg: MEMConfig, total: torch.Tensor, text: torch.Tensor,
+def _member_loss(model: ClipModel, unit: UnitTensors, cfg: MEMConfig, total: torch.Tensor, text: torch.Tensor,
                  plain: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
     """One surrogate's loss on the noisy images, seen through a (random, with the crop transform) view."""
     with _autocast(cfg, total.device):
@@ -234,7 +236,7 @@ def _member_loss(model: ClipModel, unit: _Unit, cfg: MEMConfig, total: torch.Ten
     return loss
 
 
-def _pgd_round(models: list[ClipModel], unit: _Unit, cfg: MEMConfig,
+def pgd_round(models: list[ClipModel], unit: UnitTensors, cfg: MEMConfig,
                generator: torch.Generator) -> tuple[float, float]:
     """PGD descent on the noise against every surrogate of ``models`` (their mean loss, or the worst)."""
     shuffle = cfg.uses_trigger  # with a trigger, the noise must pair with the trigger, not the caption
@@ -273,14 +275,26 @@ def _pgd_round(models: list[ClipModel], unit: _Unit, cfg: MEMConfig,
     return float(torch.stack(first).mean()), float(torch.stack(last).mean())
 
 
-def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, device: str | torch.device = "cpu",
-                 clusters: torch.Tensor | None = None,
-                 progress: Callable[[dict], None] | None = None,
-                 fixed_trigger: torch.Tensor | None = None, surrogate: ClipModel | None = None,
-                 keep_model: bool = False, ensemble: list[ClipModel] | tuple = ()) -> UnitResult:
-    """Protect one unit. ``images``: N x 3 x S x S uint8 at ``cfg.stored_size`` (the surrogate's
-    input size unless ``noise_size`` says otherwise).
+@dataclass
+class Given:
+    """What a unit may be given besides its pairs (see :func:`protect_unit`)."""
 
+    clusters: torch.Tensor | None = None
+    fixed_trigger: torch.Tensor | None = None
+    surrogate: ClipModel | None = None
+    ensemble: list[ClipModel] | tuple = ()
+
+
+NOTHING_GIVEN = Given()
+
+
+def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, device: str | torch.device = "cpu",
+                 given: Given = NOTHING_GIVEN, progress: Callable[[dict], None] | None = None,
+                 keep_model: bool = False) -> UnitResult:
+    """Protect one unit. ``images``: N x 3 x S x S uint8 at ``cfg.stored_size`` (the surrogate's
+    input size unless ``noise_size`` says otherwise). ``given``:
+
+    ``clusters`` (N, in 0..G-1): the unit's groups, instead of k-means on the surrogate's features.
     ``fixed_trigger`` (k ids): use this trigger for every sample and skip the HotFlip search,
     so that units protected by different workers share one trigger; (G x k, with ``clusters`` in
     0..G-1): one given trigger per cluster, e.g. the run's fitted per-cluster triggers.
@@ -291,6 +305,7 @@ def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, devi
     noise is optimised against beside the first; training and HotFlip use the first alone.
     """
     device = torch.device(device)
+    clusters, fixed_trigger = given.clusters, given.fixed_trigger
     size = cfg.stored_size
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != size or images.shape[-2] != size:
         raise ValueError(f"images must be N x 3 x {size} x {size} uint8, got {tuple(images.shape)} {images.dtype}")
@@ -306,25 +321,25 @@ def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, devi
         return UnitResult(noise.to(torch.int8), torch.zeros(n, 0, dtype=torch.long), None, None,
                           [{"round": 0, "method": "random"}])
 
-    unit = _Unit(images, captions, cfg, device, generator)
-    model = surrogate_for(cfg, device, unit, surrogate)
+    unit = UnitTensors(images, captions, cfg, device, generator)
+    model = surrogate_for(cfg, device, unit, given.surrogate)
     opt = surrogate_optimizer(model, cfg, device)
     if cfg.method == "conv":
-        return _convolution_unit(model, opt, unit, cfg, clusters, generator, device, progress, keep_model)
-    members = [model] + [m.to(device).eval() for m in ensemble]
+        return _convolution_unit(model, opt, unit, cfg, clusters, generator, progress, keep_model)
+    members = [model] + [m.to(device).eval() for m in given.ensemble]
     for member in members[1:]:
         member.requires_grad_(False)
     centroids = None
     log: list[dict] = []
     for round_ in range(cfg.outer_iters):
-        entry: dict = {"round": round_, "surrogate_loss": _train_surrogate(model, opt, unit, cfg, generator, device)}
+        entry: dict = {"round": round_, "surrogate_loss": train_surrogate(model, opt, unit, cfg, generator, device)}
         if round_ == 0:
             # groups are fixed once the surrogate has seen the clean data once
             clusters, centroids = _clusters(model, unit, cfg, clusters)
             unit.set_groups(clusters, generator, fixed_trigger)
         if cfg.uses_trigger and round_ < cfg.hotflip_iters and fixed_trigger is None:
-            entry["hotflip_loss_before"], entry["hotflip_loss_after"] = _hotflip_round(model, unit, cfg, generator)
-        entry["pgd_loss_first"], entry["pgd_loss_last"] = _pgd_round(members, unit, cfg, generator)
+            entry["hotflip_loss_before"], entry["hotflip_loss_after"] = hotflip_round(model, unit, cfg, generator)
+        entry["pgd_loss_first"], entry["pgd_loss_last"] = pgd_round(members, unit, cfg, generator)
         log.append(entry)
         if progress:
             progress(entry)
@@ -334,7 +349,7 @@ def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, devi
                       model if keep_model else None)
 
 
-def _clusters(model: ClipModel, unit: _Unit, cfg: MEMConfig,
+def _clusters(model: ClipModel, unit: UnitTensors, cfg: MEMConfig,
               given: torch.Tensor | None) -> tuple[torch.Tensor | None, np.ndarray | None]:
     """The unit's class-agnostic clusters when the config needs them: the caller's, or k-means on
     the surrogate's features of the clean pairs (ids and centroids)."""
@@ -343,14 +358,15 @@ def _clusters(model: ClipModel, unit: _Unit, cfg: MEMConfig,
     return kmeans(unit_features(model, unit, cfg.cluster_features, cfg.batch_size), cfg.clusters, cfg.seed)
 
 
-def _convolution_unit(model: ClipModel, opt: torch.optim.Optimizer, unit: _Unit, cfg: MEMConfig,
-                      clusters: torch.Tensor | None, generator: torch.Generator, device: torch.device,
+def _convolution_unit(model: ClipModel, opt: torch.optim.Optimizer, unit: UnitTensors, cfg: MEMConfig,
+                      clusters: torch.Tensor | None, generator: torch.Generator,
                       progress: Callable[[dict], None] | None, keep_model: bool) -> UnitResult:
     """conv: as much surrogate training on the clean pairs as the optimised methods get, used only
     for the cluster features; the noise is the filters' doing, nothing is optimised against a model."""
     log: list[dict] = []
     for round_ in range(cfg.outer_iters):
-        log.append({"round": round_, "surrogate_loss": _train_surrogate(model, opt, unit, cfg, generator, device)})
+        log.append({"round": round_, "surrogate_loss": train_surrogate(model, opt, unit, cfg, generator,
+                                                                       unit.images.device)})
         if progress:
             progress(log[-1])
     n = len(unit.images)
@@ -385,11 +401,11 @@ def bootstrap_features(images: torch.Tensor, captions: list[str], cfg: MEMConfig
     device = torch.device(device)
     generator = torch.Generator().manual_seed(cfg.seed)
     clean = cfg.with_overrides(method="em", train_steps=steps)
-    unit = _Unit(images, captions, clean, device)
+    unit = UnitTensors(images, captions, clean, device)
     model = surrogate_for(clean.with_overrides(compile=False), device, unit)   # a few steps: compiling would not pay
     if not cfg.pretrained_surrogate and steps > 0:
         opt = surrogate_optimizer(model, cfg, device)
-        _train_surrogate(model, opt, unit, clean, generator, device)
+        train_surrogate(model, opt, unit, clean, generator, device)
     model.eval()
     return model, unit_features(model, unit, cfg.cluster_features, cfg.batch_size)
 
@@ -397,5 +413,5 @@ def bootstrap_features(images: torch.Tensor, captions: list[str], cfg: MEMConfig
 def sample_features(model: ClipModel, images: torch.Tensor, captions: list[str], cfg: MEMConfig,
                     device: str | torch.device = "cpu") -> torch.Tensor:
     """Features of new samples under a bootstrapped feature model (for cluster assignment)."""
-    unit = _Unit(images, captions, cfg.with_overrides(method="em"), torch.device(device))
+    unit = UnitTensors(images, captions, cfg.with_overrides(method="em"), torch.device(device))
     return unit_features(model, unit, cfg.cluster_features, cfg.batch_size)

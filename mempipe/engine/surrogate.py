@@ -1,7 +1,8 @@
 """CLIP models for surrogates and victims, built with open_clip.
 
-Any open_clip architecture by name (RN50, ViT-B-32, ...) from scratch or from a local
-checkpoint file, plus tiny configurations that train on a CPU. ``ClipModel`` adds
+Any open_clip architecture by name (RN50, ViT-B-32, ..., and the project's own configs in
+``mempipe/model_configs``: tiny models that train on a CPU, the public stand-ins) from scratch or
+from a local checkpoint file, built by ``open_clip.create_model`` alone. ``ClipModel`` adds
 CLIP's pixel normalisation so that callers work in [0, 1] pixel space, where the
 L-inf budget lives.
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+from open_clip.model import CLIP
 from torch import nn
 
 import open_clip
@@ -24,24 +25,12 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def _text_cfg(context_length: int, width: int, layers: int, heads: int = 2) -> CLIPTextCfg:
-    return CLIPTextCfg(context_length=context_length, vocab_size=49408, width=width, heads=heads, layers=layers)
-
-
-TINY_CONFIGS = {
-    # small ViT: 8 px patches, 3 blocks of width 96 (the cpu-tiny surrogate)
-    "tiny-vit": lambda size, ctx: dict(embed_dim=96, text_cfg=_text_cfg(ctx, 96, 2),
-                                       vision_cfg=CLIPVisionCfg(layers=3, width=96, head_width=48, patch_size=8,
-                                                                image_size=size, mlp_ratio=2.0)),
-    # a wider ViT victim: 8 px patches, 4 blocks of width 128
-    "small-vit": lambda size, ctx: dict(embed_dim=128, text_cfg=_text_cfg(ctx, 128, 3),
-                                        vision_cfg=CLIPVisionCfg(layers=4, width=128, head_width=64, patch_size=8,
-                                                                 image_size=size, mlp_ratio=2.0)),
-    # small ResNet: open_clip's ModifiedResNet (attention pooling) with one block per stage
-    "tiny-resnet": lambda size, ctx: dict(embed_dim=128, text_cfg=_text_cfg(ctx, 128, 3),
-                                          vision_cfg=CLIPVisionCfg(layers=(1, 1, 1, 1), width=16, head_width=32,
-                                                                   image_size=size)),
-}
+# Every architecture the project names (the tiny surrogates and victims, the public stand-ins) is an
+# open_clip model-config JSON in the package, registered with open_clip and built by its factory
+# like any open_clip model; image size and context length are set per use.
+MODEL_CONFIGS_DIR = Path(__file__).resolve().parent.parent / "model_configs"
+open_clip.add_model_config(MODEL_CONFIGS_DIR)
+PROJECT_MODELS = tuple(sorted(p.stem for p in MODEL_CONFIGS_DIR.glob("*.json")))
 
 
 class ClipModel(nn.Module):
@@ -74,7 +63,7 @@ class ClipModel(nn.Module):
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         if not self._causal_text:
             return F.normalize(self.clip.encode_text(tokens), dim=-1)
-        return F.normalize(self._encode_text_prefix(_trim_padding(tokens, self.context_length)), dim=-1)
+        return F.normalize(self._encode_text_prefix(trim_padding(tokens, self.context_length)), dim=-1)
 
     @property
     def _causal_text(self) -> bool:
@@ -105,7 +94,7 @@ class ClipModel(nn.Module):
         return self.clip.logit_scale.exp().clamp(max=100.0)
 
 
-def _trim_padding(tokens: torch.Tensor, context_length: int, multiple: int = 8) -> torch.Tensor:
+def trim_padding(tokens: torch.Tensor, context_length: int, multiple: int = 8) -> torch.Tensor:
     """Cut the columns after the batch's last end token, rounded up to a multiple of 8 (tensor
     cores, and few distinct shapes for compiled kernels). Reads one number back from the device."""
     used = int(tokens.argmax(dim=1).max()) + 1
@@ -171,19 +160,12 @@ def build_model(arch: str, image_size: int, context_length: int, checkpoint: str
                              f"tokens, not {image_size} px and {context_length} tokens")
         clip = open_clip.create_model(_register(model_config), pretrained=checkpoint)
         return ClipModel(clip, context_length)
-    if arch in TINY_CONFIGS:
-        clip = CLIP(**TINY_CONFIGS[arch](image_size, context_length))
-        if checkpoint:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state)
-            clip.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
-    else:
-        if arch not in open_clip.list_models():
-            raise ValueError(f"unknown architecture {arch!r}: an open_clip model name, one of {sorted(TINY_CONFIGS)}, "
-                             "or --model-config FILE")
-        # a checkpoint must have been trained at these sizes (224 px / 77 tokens for released weights)
-        clip = open_clip.create_model(arch, pretrained=checkpoint, force_image_size=image_size,
-                                      force_context_length=context_length)
+    if arch not in open_clip.list_models():
+        raise ValueError(f"unknown architecture {arch!r}: an open_clip model name (the project's own: "
+                         f"{', '.join(PROJECT_MODELS)}) or --model-config FILE")
+    # a checkpoint must have been trained at these sizes (224 px / 77 tokens for released weights)
+    clip = open_clip.create_model(arch, pretrained=checkpoint, force_image_size=image_size,
+                                  force_context_length=context_length)
     return ClipModel(clip, context_length)
 
 

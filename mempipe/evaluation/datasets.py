@@ -1,4 +1,5 @@
-"""Loading shards the way a downstream trainer does: webdataset, image file + txt caption.
+"""Loading shards for a victim: the hardened shard reader (limits, truncation, hostile members),
+each image decoded defensively and shown as a trainer's 'resize + center crop' would.
 
 Also the data-side countermeasures a thief would try (JPEG re-encoding, grayscale,
 stripping the first k caption words) and the prefixed test captions of the protocol.
@@ -6,77 +7,83 @@ stripping the first k caption words) and the prefixed test captions of the proto
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-import webdataset as wds
 from PIL import Image
 
 from ..engine.text import insert_words, random_trigger_ids, tokenizer, vocabulary_mask, word_boundaries
-from ..io.images import to_surrogate_input
-from ..io.shards import list_shards
+from ..io.images import ImageError, decode_rgb, to_surrogate_input
+from ..io.shards import DEFAULT_LIMITS, list_shards, read_samples
 
 
-def _register_fsspec_urls() -> None:
-    """Let webdataset open s3:// (and any fsspec) URLs through fsspec."""
-    import importlib
+@dataclass(frozen=True)
+class Defense:
+    """A countermeasure a thief applies before training, parsed once from its text: ``none``,
+    ``jpeg:Q`` (Q in 1..100), ``grayscale``, ``strip:K`` (the first K caption words) or ``crop``
+    (random resized crops while training: the victim's augmentation, not a change of the data)."""
 
-    import fsspec
+    kind: str = "none"
+    value: int = 0
 
-    gopen = importlib.import_module("webdataset.gopen")  # the module; the package re-exports a function by that name
+    @classmethod
+    def parse(cls, text: "str | Defense") -> "Defense":
+        if isinstance(text, Defense):
+            return text
+        kind, _, value = text.partition(":")
+        ok = ((text in ("none", "grayscale", "crop"))
+              or (kind == "jpeg" and value.isdigit() and 1 <= int(value) <= 100)
+              or (kind == "strip" and value.isdigit() and int(value) >= 1))
+        if not ok:
+            raise ValueError(f"unknown --defense {text!r}: use none, jpeg:Q (Q in 1..100), grayscale, strip:K or crop")
+        return cls(kind, int(value) if value else 0)
 
-    def opener(url, mode="rb", bufsize=8192, **_):
-        return fsspec.open(url, mode).open()
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.value}" if self.kind in ("jpeg", "strip") else self.kind
 
-    for scheme in ("s3", "gs", "gcs", "az", "abfs", "memory"):
-        gopen.gopen_schemes.setdefault(scheme, opener)
+    def image(self, image: Image.Image) -> Image.Image:
+        if self.kind == "jpeg":
+            buf = io.BytesIO()
+            image.save(buf, format="JPEG", quality=self.value)
+            return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+        if self.kind == "grayscale":
+            return image.convert("L").convert("RGB")
+        return image
 
-
-def check_defense(defense: str) -> str:
-    """The countermeasures a victim can apply: none, jpeg:Q (1..100), grayscale, strip:K, crop."""
-    kind, _, value = defense.partition(":")
-    ok = (defense in ("none", "grayscale", "crop")
-          or (kind == "jpeg" and value.isdigit() and 1 <= int(value) <= 100)
-          or (kind == "strip" and value.isdigit() and int(value) >= 1))
-    if not ok:
-        raise ValueError(f"unknown --defense {defense!r}: use none, jpeg:Q (Q in 1..100), grayscale, strip:K or crop")
-    return defense
-
-
-def apply_image_defense(image: Image.Image, defense: str) -> Image.Image:
-    if defense.startswith("jpeg:"):
-        buf = io.BytesIO()
-        image.save(buf, format="JPEG", quality=int(defense.split(":", 1)[1]))
-        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-    if defense == "grayscale":
-        return image.convert("L").convert("RGB")
-    return image
-
-
-def apply_caption_defense(caption: str, defense: str) -> str:
-    if defense.startswith("strip:"):
-        return " ".join(caption.split()[int(defense.split(":", 1)[1]):])
-    return caption
+    def caption(self, caption: str) -> str:
+        return " ".join(caption.split()[self.value:]) if self.kind == "strip" else caption
 
 
-def load_pairs(url: str, image_size: int, defense: str = "none", storage_options: dict | None = None,
+NO_DEFENSE = Defense()
+
+
+def load_pairs(url: str, image_size: int, defense: Defense = NO_DEFENSE, storage_options: dict | None = None,
                limit: int | None = None) -> tuple[torch.Tensor, list[str], list[str]]:
-    """(N x 3 x S x S uint8 after 'resize shorter side + center crop', captions, keys)."""
-    _register_fsspec_urls()
-    urls = list_shards(url, storage_options)
-    dataset = wds.WebDataset(urls, shardshuffle=False).decode("pil").to_tuple(
-        "__key__", "jpg;png;webp;jpeg", "txt")
+    """(N x 3 x S x S uint8 after 'resize shorter side + center crop', captions, keys), read with the
+    package's one shard reader; a sample it cannot use (no image, no caption, undecodable) is skipped."""
     images, captions, keys = [], [], []
-    for key, image, caption in dataset:
-        image = apply_image_defense(image.convert("RGB"), defense)
-        images.append(to_surrogate_input(np.asarray(image), image_size))
-        captions.append(apply_caption_defense(caption, defense))
-        keys.append(key)
-        if limit and len(keys) >= limit:
-            break
+    for shard in list_shards(url, storage_options):
+        for sample in read_samples(shard, storage_options, DEFAULT_LIMITS):
+            if sample.error or sample.caption is None:
+                continue
+            try:
+                pixels, _ = decode_rgb(sample.image)
+            except ImageError:
+                continue
+            pixels = np.asarray(defense.image(Image.fromarray(pixels))) if defense.kind in ("jpeg", "grayscale") else pixels
+            images.append(to_surrogate_input(pixels, image_size))
+            captions.append(defense.caption(sample.caption))
+            keys.append(sample.key)
+            if limit and len(keys) >= limit:
+                return _stacked(images), captions, keys
     if not images:
         raise ValueError(f"no image-caption pairs found under {url}")
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), captions, keys
+    return _stacked(images), captions, keys
+
+
+def _stacked(images: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
 
 
 def random_words(count: int, k: int, seed: int, vocabulary: str = "any") -> list[str]:

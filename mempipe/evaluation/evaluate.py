@@ -6,26 +6,22 @@ import os
 
 from tqdm.auto import tqdm
 
-from .datasets import load_pairs, prefix_random_words
+from .datasets import NO_DEFENSE, Defense, load_pairs, prefix_random_words
 from .victim import VictimConfig, train_victim
 
 PREFIX_WORDS = 3
 
 
-def load_eval_data(train_url: str, test_url: str, cfg: VictimConfig, defense: str = "none",
+def load_eval_data(train_url: str, test_url: str, cfg: VictimConfig, defense: "str | Defense" = "none",
                    storage_options: dict | None = None):
     """(training images, training captions, test sets, victim config): the countermeasure applied
     to the training pairs (``crop`` becomes the victim's augmentation), the test split clean."""
-    from .datasets import check_defense
-
-    check_defense(defense)
-    if defense == "crop":
+    defense = Defense.parse(defense)
+    if defense.kind == "crop":
         cfg = VictimConfig(**{**cfg.__dict__, "random_crop": True})
-        data_defense = "none"
-    else:
-        data_defense = defense
-    train_images, train_captions, _ = load_pairs(train_url, cfg.image_size, data_defense, storage_options)
-    test_images, test_captions, _ = load_pairs(test_url, cfg.image_size, "none", storage_options)
+        defense = NO_DEFENSE
+    train_images, train_captions, _ = load_pairs(train_url, cfg.image_size, defense, storage_options)
+    test_images, test_captions, _ = load_pairs(test_url, cfg.image_size, NO_DEFENSE, storage_options)
     tests = {"clean": (test_images, test_captions),
              "prefixed": (test_images, prefix_random_words(test_captions, PREFIX_WORDS, seed=12345))}
     return train_images, train_captions, tests, cfg
@@ -64,11 +60,14 @@ def checkpoint_saver(cfg: VictimConfig, count: int, out: str):
     return save
 
 
-def run_victim(data, cfg: VictimConfig, device: str = "cpu", show_progress: bool = True,
-               per_epoch_lines: bool = False, after_epoch=None) -> dict:
+PROGRESS = ("bar", "lines", "off")   # a bar; a bar and a line per epoch; nothing
+
+
+def run_victim(data, cfg: VictimConfig, device: str = "cpu", progress: str = "bar", after_epoch=None) -> dict:
     """One victim (``cfg``) on loaded data: final metrics, zero-shot metrics, gain and the curves."""
     train_images, train_captions, tests, _ = data
-    bar = tqdm(total=cfg.epochs, desc=f"victim {cfg.arch}", unit="epoch", disable=not show_progress, leave=False)
+    per_epoch_lines = progress == "lines"
+    bar = tqdm(total=cfg.epochs, desc=f"victim {cfg.arch}", unit="epoch", disable=progress == "off", leave=False)
 
     def on_epoch(entry: dict) -> None:
         bar.update(1)
@@ -88,11 +87,10 @@ def run_victim(data, cfg: VictimConfig, device: str = "cpu", show_progress: bool
 
 
 def evaluate(train_url: str, test_url: str, cfg: VictimConfig, defense: str = "none", device: str = "cpu",
-             show_progress: bool = True, storage_options: dict | None = None, per_epoch_lines: bool = False,
-             after_epoch=None) -> dict:
+             progress: str = "bar", storage_options: dict | None = None, after_epoch=None) -> dict:
     data = load_eval_data(train_url, test_url, cfg, defense, storage_options)
-    result = run_victim(data, data[3], device, show_progress, per_epoch_lines, after_epoch)
-    return {**result, "defense": defense, "train": train_url, "test": test_url}
+    result = run_victim(data, data[3], device, progress, after_epoch)
+    return {**result, "defense": str(defense), "train": train_url, "test": test_url}
 
 
 def summarize_seeds(results: list[dict]) -> dict:
@@ -113,13 +111,12 @@ def summarize_seeds(results: list[dict]) -> dict:
 
 
 def evaluate_seeds(train_url: str, test_url: str, cfg: VictimConfig, seeds: int, defense: str = "none",
-                   device: str = "cpu", show_progress: bool = True, storage_options: dict | None = None,
-                   per_epoch_lines: bool = False) -> dict:
+                   device: str = "cpu", progress: str = "bar", storage_options: dict | None = None) -> dict:
     """``seeds`` victims (seeds cfg.seed, cfg.seed + 1, ...) on data loaded once."""
     data = load_eval_data(train_url, test_url, cfg, defense, storage_options)
-    runs = [run_victim(data, VictimConfig(**{**data[3].__dict__, "seed": data[3].seed + i}), device, show_progress,
-                       per_epoch_lines) for i in range(seeds)]
-    return {"defense": defense, "train": train_url, "test": test_url, "runs": runs, "summary": summarize_seeds(runs)}
+    runs = [run_victim(data, VictimConfig(**{**data[3].__dict__, "seed": data[3].seed + i}), device, progress)
+            for i in range(seeds)]
+    return {"defense": str(defense), "train": train_url, "test": test_url, "runs": runs, "summary": summarize_seeds(runs)}
 
 
 def plot_curves(result: dict, path: str) -> None:
@@ -144,7 +141,7 @@ def plot_curves(result: dict, path: str) -> None:
 
 def victim_config(args) -> VictimConfig:
     """The victim of ``mempipe eval``: from scratch (``--victim``), or a fine-tune of ``--init``."""
-    from ..engine.surrogate import TINY_CONFIGS, model_config_sizes
+    from ..engine.surrogate import PROJECT_MODELS, model_config_sizes
 
     from ..engine import names
 
@@ -153,7 +150,7 @@ def victim_config(args) -> VictimConfig:
         fields.update(lr=1e-5, epochs=10, warmup_epochs=0.5)
         if names.is_named(args.init):   # ARCH:TAG, local-dir:DIR, hf-hub:ORG/REPO: the name brings its weights
             fields.update(arch=args.init, init=None, **{k: v for k, v in names.sizes(args.init).items() if k != "arch"})
-        elif args.victim not in TINY_CONFIGS:   # released open_clip weights are trained at 224 px, 77 tokens
+        elif args.victim not in PROJECT_MODELS:   # released open_clip weights are trained at 224 px, 77 tokens
             fields.update(image_size=224, context_length=77)
     if args.model_config:
         fields.update(model_config_sizes(args.model_config))
@@ -172,22 +169,20 @@ COMPARE_ROWS = ("clean", "random noise", "protected")
 def random_noise_copy(clean_url: str, protected_url: str, out_url: str) -> int:
     """The clean training set with uniform random noise of the protected set's epsilon, at its noise
     size: the control that any change of the pixels this large must beat. Returns the epsilon."""
-    import contextlib
-    import io
-
-    from ..cli import main as mempipe
+    from ..engine.config import preset
     from ..io.provenance import default_record_url, read_run_record
+    from ..run.driver import RunRequest, run
+    from ..run.in_process import InProcess
 
     record = read_run_record(protected_url, default_record_url(protected_url), None)
     if record is None:
         raise ValueError(f"{protected_url} has no mempipe run record: --compare needs a protected output as --train")
     config = record["config"]
-    argv = ["protect", clean_url, out_url, "--method", "random", "--epsilon", str(config["epsilon"]),
-            "--image-size", str(config["image_size"]), "--noise-size", str(config.get("noise_size") or 0),
-            "--preset", "cpu-tiny", "--no-ray", "--quiet"]
-    with contextlib.redirect_stdout(io.StringIO()):
-        if mempipe(argv) != 0:
-            raise ValueError(f"could not write the random-noise control of {clean_url}")
+    noise = preset("cpu-tiny").with_overrides(method="random", epsilon=config["epsilon"], image_size=config["image_size"],
+                                              noise_size=config.get("noise_size") or 0)
+    written = run(RunRequest(clean_url, out_url, noise), InProcess("cpu"))
+    if written.shards_failed:
+        raise ValueError(f"could not write the random-noise control of {clean_url}: {written.shards_failed}")
     return config["epsilon"]
 
 
@@ -200,14 +195,14 @@ def compare(args, cfg: VictimConfig, device: str) -> dict:
         epsilon = random_noise_copy(args.compare, args.train, os.path.join(tmp, "random"))
         rows = {}
         for name, url in zip(COMPARE_ROWS, (args.compare, os.path.join(tmp, "random"), args.train)):
-            result = evaluate(url, args.test, cfg, args.defense, device, per_epoch_lines=args.verbose)
+            result = evaluate(url, args.test, cfg, args.defense, device, "lines" if args.verbose else "bar")
             rows[name] = {"train": url if name != "random noise" else f"{args.compare} + uniform noise (eps {epsilon})",
                           "gain_R@10": result["gain_R@10"], "final": result["final"], "zero_shot": result["zero_shot"]}
     clean = rows["clean"]["gain_R@10"]["clean"]
     for row in rows.values():
         gain = row["gain_R@10"]["clean"]
         row["share_of_clean"] = {d: round(gain[d] / clean[d], 2) if clean[d] > 0 else None for d in ("i2t", "t2i")}
-    return {"victim": cfg.__dict__, "epsilon": epsilon, "test": args.test, "defense": args.defense, "rows": rows}
+    return {"victim": cfg.__dict__, "epsilon": epsilon, "test": args.test, "defense": str(args.defense), "rows": rows}
 
 
 def compare_table(result: dict) -> str:
@@ -251,9 +246,7 @@ def main_eval(args) -> int:
         raise ValueError("--seeds must be at least 1")
     if args.model_config and not args.init:
         raise ValueError("--model-config names the architecture of --init CHECKPOINT: give both")
-    from .datasets import check_defense
-
-    check_defense(args.defense)   # before anything is written
+    args.defense = Defense.parse(args.defense)   # parsed once, before anything is written
     cfg = victim_config(args)
     if args.save_checkpoints and (args.seeds != 1 or args.compare or not args.init):
         raise ValueError("--save-checkpoints saves one fine-tune of --init: not with --seeds or --compare")
@@ -270,13 +263,13 @@ def main_eval(args) -> int:
         return 0
     if args.seeds == 1:
         saver = checkpoint_saver(cfg, args.save_checkpoints, args.out) if args.save_checkpoints else None
-        result = evaluate(args.train, args.test, cfg, args.defense, device, per_epoch_lines=args.verbose,
+        result = evaluate(args.train, args.test, cfg, args.defense, device, "lines" if args.verbose else "bar",
                           after_epoch=saver)
         plot_curves(result, os.path.join(args.out, "retrieval_curve.png"))
         shown = {"final": result["final"], "zero_shot": result["zero_shot"], "gain_R@10": result["gain_R@10"]}
     else:
         result = evaluate_seeds(args.train, args.test, cfg, args.seeds, args.defense, device,
-                                per_epoch_lines=args.verbose)
+                                "lines" if args.verbose else "bar")
         plot_curves(result["runs"][0], os.path.join(args.out, "retrieval_curve.png"))
         shown = {name: {split: {d: f"{v['mean']} +- {v['sd']}" for d, v in dirs.items()} for split, dirs in part.items()}
                  for name, part in result["summary"].items() if name != "seeds"}

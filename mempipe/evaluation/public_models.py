@@ -18,47 +18,20 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..data.demo_data import sample_for
-from ..engine.surrogate import save_checkpoint
+from ..engine.surrogate import MODEL_CONFIGS_DIR, PROJECT_MODELS, save_checkpoint
 from .victim import VictimConfig, train_victim
 
 
-def _text(context_length: int, width: int, layers: int) -> dict:
-    return {"context_length": context_length, "vocab_size": 49408, "width": width, "heads": 2, "layers": layers}
-
-
-# open_clip model configs (the JSON format of open_clip/model_configs) at 32 px, sized for a CPU
-MODEL_CONFIGS = {
-    "public-vit": {"embed_dim": 96,
-                   "vision_cfg": {"image_size": 32, "layers": 3, "width": 96, "head_width": 48, "patch_size": 8,
-                                  "mlp_ratio": 2.0},
-                   "text_cfg": _text(32, 96, 2)},
-    "public-resnet": {"embed_dim": 96,
-                      "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 16, "head_width": 32},
-                      "text_cfg": _text(32, 96, 2)},
-    # the size axis of the fine-tuning calibration: public-vit made wider and deeper (about twice its compute)
-    "public-vit-wide": {"embed_dim": 128,
-                        "vision_cfg": {"image_size": 32, "layers": 4, "width": 128, "head_width": 32, "patch_size": 8,
-                                       "mlp_ratio": 2.0},
-                        "text_cfg": _text(32, 128, 2)},
-    # the held-out family: an EfficientNet (timm's small test configuration: depthwise-separable
-    # MBConv blocks with squeeze-excitation), another text size, pretrained on a corpus of another
-    # seed; used only as a victim, never as a surrogate
-    "public-efficientnet": {"embed_dim": 96,
-                            "vision_cfg": {"timm_model_name": "test_efficientnet", "timm_model_pretrained": False,
-                                           "timm_pool": "avg", "timm_proj": "linear", "image_size": 32},
-                            "text_cfg": _text(32, 64, 3)},
-    # a model for tests: builds and pretrains in seconds
-    "public-test": {"embed_dim": 32,
-                    "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "head_width": 16, "patch_size": 4,
-                                   "mlp_ratio": 2.0},
-                    "text_cfg": _text(24, 32, 1)},
-}
+# the public stand-ins: open_clip model configs in the package (mempipe/model_configs/public-*.json)
+MODEL_CONFIGS = {name: json.loads((MODEL_CONFIGS_DIR / f"{name}.json").read_text())
+                 for name in PROJECT_MODELS if name.startswith("public-")}
 
 
 def corpus(count: int, size: int, seed: int, first_index: int = 0) -> tuple[torch.Tensor, list[str]]:
@@ -77,9 +50,23 @@ def settings(name: str, pairs: int, epochs: int, seed: int, lr: float = 1e-3, ba
             "lr": lr, "batch_size": batch_size, "corpus": "web", "torch": torch.__version__}
 
 
-def pretrain(name: str, cache_dir: str, pairs: int = 20_000, epochs: int = 5, seed: int = 0, lr: float = 1e-3,
-             batch_size: int = 64, test_pairs: int = 500, progress=None) -> dict:
-    """Pretrain (or find in the cache) one public model; returns its paths and pretraining record."""
+@dataclass(frozen=True)
+class Recipe:
+    """How a public model is pretrained (the web corpus: ``pairs`` to train on, ``test_pairs`` held out)."""
+
+    pairs: int = 20_000
+    epochs: int = 5
+    seed: int = 0
+    lr: float = 1e-3
+    batch_size: int = 64
+    test_pairs: int = 500
+
+
+def pretrain(name: str, cache_dir: str, progress=None, **recipe) -> dict:
+    """Pretrain (or find in the cache) one public model by ``Recipe(**recipe)``; returns its paths and
+    pretraining record."""
+    r = Recipe(**recipe)
+    pairs, epochs, seed, lr, batch_size, test_pairs = r.pairs, r.epochs, r.seed, r.lr, r.batch_size, r.test_pairs
     spec = settings(name, pairs, epochs, seed, lr, batch_size)
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     folder = Path(cache_dir) / f"{name}-{digest}"

@@ -18,10 +18,12 @@ also writes everything into the shards and the output root, as research runs wan
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import secrets
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -31,12 +33,44 @@ from .shards import ShardOutput
 from .storage import filesystem, join, read_bytes, write_bytes_atomic
 
 PROVENANCE = ("public", "full")
-PUBLIC_SAMPLE_KEYS = ("version", "method", "epsilon", "run_id")
-PUBLIC_RUN_KEYS = ("mempipe_version", "run_id", "engine", "partition", "shards_total", "shards_done_before",
-                   "shards_written", "shards_failed", "samples_protected", "samples_failed", "retries", "seconds")
 RUN_RECORD = "mempipe_run.json"     # at the output root
 PRIVATE_RUN = "run.json"            # in the private record
 RECORD_SUFFIX = "_mempipe_record"
+
+
+PUBLIC = {"public": True}   # field metadata: shown in the published shards under --provenance public
+
+
+def public_field(**kwargs):
+    return field(metadata=PUBLIC, **kwargs)
+
+
+def as_dict(record, public_only: bool = False) -> dict[str, Any]:
+    """A record dataclass as JSON-ready data: every field, or only those marked public."""
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)
+            if not public_only or f.metadata.get("public")}
+
+
+@dataclass
+class SampleProvenance:
+    """What mempipe did to one sample: the ``mempipe`` object of its json. Published in full only
+    under ``--provenance full``; otherwise the public fields, the rest in the private record."""
+
+    version: str = public_field()
+    method: str = public_field()
+    epsilon: int = public_field()
+    noise_scope: str = ""
+    unit: str = ""
+    max_delta: int = 0
+    psnr: float = 0.0
+    image_format: str = ""
+    source_mode: str = ""
+    cluster: int | None = None
+    trigger_scope: str | None = None
+    trigger: str | None = None
+    trigger_word_index: int | None = None
+    warnings: list[str] | None = None
+    run_id: str | None = public_field(default=None)   # set when the shard is published
 
 
 def default_record_url(output_url: str) -> str:
@@ -51,15 +85,13 @@ def publish(outputs: list[ShardOutput], provenance: str, run_id: str) -> tuple[l
     """(the samples as the shard publishes them, the private per-sample rows)."""
     published, private = [], []
     for out in outputs:
-        full = out.meta.get("mempipe")
-        if out.image is None or not isinstance(full, dict):
+        if out.image is None or out.provenance is None:
             published.append(out)
             continue
-        full = {**full, "run_id": run_id}
-        private.append({"key": out.key, "mempipe": json.dumps(full, sort_keys=True)})
-        shown = full if provenance == "full" else {k: full[k] for k in PUBLIC_SAMPLE_KEYS if k in full}
-        published.append(ShardOutput(out.key, out.image, out.image_ext, out.caption, {**out.meta, "mempipe": shown},
-                                     out.error))
+        record = dataclasses.replace(out.provenance, run_id=run_id)
+        private.append({"key": out.key, "mempipe": json.dumps(as_dict(record), sort_keys=True)})
+        shown = as_dict(record, public_only=provenance != "full")
+        published.append(dataclasses.replace(out, meta={**out.meta, "mempipe": shown}, provenance=None))
     return published, private
 
 
@@ -86,13 +118,13 @@ def read_private_samples(record_url: str, storage_options: dict | None = None) -
     return found
 
 
-def write_run_record(output_url: str, record_url: str, record: dict[str, Any], provenance: str,
-                     storage_options: dict | None) -> None:
+def write_run_record(output_url: str, record_url: str, record, storage_options: dict | None) -> None:
+    """``record``: a run record dataclass whose public fields go to the output root (all of them
+    under ``--provenance full``), with the method and epsilon; the whole record to the private one."""
     rfs, rprefix = filesystem(record_url, storage_options)
-    write_bytes_atomic(rfs, join(rprefix, PRIVATE_RUN), json.dumps(record, indent=1, default=str).encode())
-    public = record if provenance == "full" else {k: record[k] for k in PUBLIC_RUN_KEYS if k in record}
-    public = {**public, "method": record["config"]["method"], "epsilon": record["config"]["epsilon"],
-              "provenance": provenance}
+    write_bytes_atomic(rfs, join(rprefix, PRIVATE_RUN), json.dumps(as_dict(record), indent=1, default=str).encode())
+    public = {**as_dict(record, public_only=record.provenance != "full"), "method": record.config["method"],
+              "epsilon": record.config["epsilon"], "provenance": record.provenance}
     fs, prefix = filesystem(output_url, storage_options)
     write_bytes_atomic(fs, join(prefix, RUN_RECORD), json.dumps(public, indent=1, default=str).encode())
 

@@ -52,6 +52,7 @@ class ShardOutput:
     caption: str | None
     meta: dict[str, Any]
     error: str | None = None
+    provenance: Any = None   # a protected sample's SampleProvenance, until the shard is published
 
 
 def shard_name(url: str) -> str:

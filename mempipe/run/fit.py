@@ -24,6 +24,7 @@ import json
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +34,13 @@ import torch
 
 from ..engine import MEMConfig, protect_unit
 from ..engine.clusters import kmeans
-from ..engine.mem import bootstrap_features, train_shared_surrogate, unit_config
+from ..engine.mem import Given, bootstrap_features, train_shared_surrogate, unit_config
 from ..engine.surrogate import ClipModel, build_model
 from ..engine.text import decode_trigger
-from ..io.retry import StorageError
+from ..io.retry import StorageError, retry_counts
 from ..io.shards import ReadLimits
 from ..io.storage import filesystem, join, read_bytes, write_bytes_atomic
+from .samples import read_shard, surrogate_batch
 
 FIT_FILE = "fit.json"
 FEATURES_FILE = "features.pt"
@@ -70,12 +72,48 @@ def differing(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             if flat_old.get(k) != flat_new.get(k)]
 
 
+@dataclass(frozen=True)
+class FitRequest:
+    """What a fit needs: the run's shards, settings and record (a worker receives it as one object)."""
+
+    shards: list[str]
+    cfg: MEMConfig
+    settings: dict[str, Any]
+    record_url: str
+    run_id: str
+    storage_options: dict | None
+    limits: ReadLimits
+    clustered: bool
+
+
+@dataclass
+class TriggerTable:
+    """The fitted triggers (token ids): one for every sample of the output, and/or one per fitted cluster."""
+
+    everywhere: list[int] | None = None
+    by_cluster: dict[int, list[int]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, list[int]]:
+        """The record's one spelling: ``global`` and ``cluster:<id>``."""
+        out = {} if self.everywhere is None else {"global": list(self.everywhere)}
+        out.update({f"cluster:{c}": list(ids) for c, ids in sorted(self.by_cluster.items())})
+        return out
+
+    @classmethod
+    def from_json(cls, body: dict[str, list[int]]) -> "TriggerTable":
+        return cls(body.get("global"), {int(k.split(":", 1)[1]): list(v) for k, v in body.items()
+                                        if k.startswith("cluster:")})
+
+    def text(self) -> dict[str, str]:
+        return {k: decode_trigger(v) for k, v in self.to_json().items()}
+
+
 @dataclass
 class FitState:
     settings: dict[str, Any]
     config_hash: str
     centroids: np.ndarray | None = None
-    triggers: dict[str, list[int]] = field(default_factory=dict)  # "global", or "cluster:<id>"
+    triggers: TriggerTable = field(default_factory=TriggerTable)
     sample_keys: list[str] = field(default_factory=list)
     surrogate: ClipModel | None = None
     features: ClipModel | None = None
@@ -86,12 +124,12 @@ class FitState:
 
     def cluster_trigger_table(self, clusters: list[int]) -> torch.Tensor | None:
         """k ids per listed cluster (rows in the order given), for units that hold several clusters."""
-        if not all(f"cluster:{c}" in self.triggers for c in clusters):
+        if not all(c in self.triggers.by_cluster for c in clusters):
             return None
-        return torch.tensor([self.triggers[f"cluster:{c}"] for c in clusters], dtype=torch.long)
+        return torch.tensor([self.triggers.by_cluster[c] for c in clusters], dtype=torch.long)
 
     def global_trigger(self) -> torch.Tensor | None:
-        ids = self.triggers.get("global")
+        ids = self.triggers.everywhere
         return None if ids is None else torch.tensor(ids, dtype=torch.long)
 
 
@@ -102,8 +140,6 @@ def draw_sample(urls: list[str], n: int, seed: int, storage_options: dict | None
     """Up to ``n`` readable samples spread over the shards: shards in a seeded order, an equal
     share from each of ``FIT_SHARDS`` of them (further shards only while the sample is not full),
     read one shard at a time (memory: the sample, never the dataset)."""
-    from .protect import read_shard  # the shard reader and decoder the protect phase uses
-
     rng = np.random.RandomState(seed)
     order = [urls[i] for i in rng.permutation(len(urls))]
     share = max(1, math.ceil(n / min(len(order), FIT_SHARDS))) if order else 0
@@ -122,20 +158,18 @@ def draw_sample(urls: list[str], n: int, seed: int, storage_options: dict | None
 
 # ---------------------------------------------------------------- fitting
 
-def fit(urls: list[str], cfg: MEMConfig, settings: dict[str, Any], storage_options: dict | None, limits: ReadLimits,
-        device: str, clustered: bool) -> FitState:
+def fit(request: FitRequest, device: str) -> FitState:
     """Learn the run's shared state on a bounded sample (see the module docstring)."""
-    from .protect import surrogate_batch
-
+    cfg, urls, clustered = request.cfg, request.shards, request.clustered
     started = time.time()
-    state = FitState(settings, settings_hash(settings))
+    state = FitState(request.settings, settings_hash(request.settings))
     needs_model = cfg.method != "random"
     frozen = needs_model and cfg.surrogate == "shared" and cfg.pretrained_surrogate and cfg.train_steps == 0
     # a frozen pretrained surrogate learns nothing from the data: no sample is read for it
     size = max(FEATURE_SAMPLE if clustered else 0, cfg.unit_size if needs_model and not frozen else 0)
     if cfg.uses_trigger and cfg.trigger_scope == "global":
         size = max(size, min(cfg.unit_size, FEATURE_SAMPLE))
-    sample = draw_sample(urls, size, cfg.seed, storage_options, limits, cfg.stored_size) if size else []
+    sample = draw_sample(urls, size, cfg.seed, request.storage_options, request.limits, cfg.stored_size) if size else []
     state.sample_keys = [f"{d.raw.shard}/{d.raw.key}" for d in sample]
     images = surrogate_batch(sample, cfg.stored_size) if sample else None
     captions = [d.raw.caption for d in sample]
@@ -156,13 +190,13 @@ def fit(urls: list[str], cfg: MEMConfig, settings: dict[str, Any], storage_optio
         # HotFlip against the shared surrogate on the sample: no min-min of its own
         search = unit_config(cfg)
         if cfg.trigger_scope == "global":
-            result = protect_unit(images, captions, search, device, surrogate=state.surrogate)
-            state.triggers["global"] = result.trigger_ids[0].tolist()
+            result = protect_unit(images, captions, search, device, Given(surrogate=state.surrogate))
+            state.triggers.everywhere = result.trigger_ids[0].tolist()
         elif cfg.trigger_scope == "cluster" and sample_clusters is not None:
             local = torch.unique(sample_clusters, return_inverse=True)
-            result = protect_unit(images, captions, search, device, surrogate=state.surrogate, clusters=local[1])
+            result = protect_unit(images, captions, search, device, Given(local[1], surrogate=state.surrogate))
             for i, cluster in enumerate(sample_clusters.tolist()):
-                state.triggers.setdefault(f"cluster:{cluster}", result.trigger_ids[i].tolist())
+                state.triggers.by_cluster.setdefault(cluster, result.trigger_ids[i].tolist())
     state.info = {"sample": len(sample), "shards": len(urls), "seconds": round(time.time() - started, 2),
                   "device": device}
     return state
@@ -222,7 +256,7 @@ def save_fit(record_url: str, state: FitState, run_id: str, storage_options: dic
     body = {"config_hash": state.config_hash, "settings": state.settings, "run_id": run_id,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "centroids": None if state.centroids is None else state.centroids.tolist(),
-            "triggers": state.triggers, "trigger_text": {k: decode_trigger(v) for k, v in state.triggers.items()},
+            "triggers": state.triggers.to_json(), "trigger_text": state.triggers.text(),
             "sample_keys": state.sample_keys,
             "features": entry(state.features, state.features_as_given, FEATURES_FILE),
             "surrogate": entry(state.surrogate, state.surrogate_as_given, SURROGATE_FILE), "info": state.info}
@@ -237,7 +271,7 @@ def load_fit(record_url: str, cfg: MEMConfig, storage_options: dict | None) -> F
         return None
     state = FitState(body["settings"], body["config_hash"],
                      None if body["centroids"] is None else np.asarray(body["centroids"], dtype=np.float32),
-                     {k: list(v) for k, v in body["triggers"].items()}, body["sample_keys"], info=body["info"])
+                     TriggerTable.from_json(body["triggers"]), body["sample_keys"], info=body["info"])
     for attr, name in (("surrogate", SURROGATE_FILE), ("features", FEATURES_FILE)):
         if body.get(attr) == AS_GIVEN:
             setattr(state, attr, _pretrained_as_given(cfg))
@@ -251,8 +285,8 @@ def load_fit(record_url: str, cfg: MEMConfig, storage_options: dict | None) -> F
 def fit_summary(state: FitState, record_url: str, cfg: MEMConfig) -> dict[str, Any]:
     """What the run records say about the fit it used."""
     loaded = bool(state.info.get("loaded_from_record"))
-    return {"config_hash": state.config_hash, "fit": state.info, "trigger_table": state.triggers,
-            "trigger_text": {k: decode_trigger(v) for k, v in state.triggers.items()},
+    return {"config_hash": state.config_hash, "fit": state.info, "trigger_table": state.triggers.to_json(),
+            "trigger_text": state.triggers.text(),
             "centroids": None if state.centroids is None else state.centroids.tolist(),
             "surrogate": {"mode": cfg.surrogate, "trained_this_run": state.surrogate is not None and not loaded,
                           "sample": state.info.get("sample"),
@@ -276,9 +310,9 @@ def refuse_changed_settings(record_url: str, settings: dict[str, Any], storage_o
     return True
 
 
-def fitted_state(urls: list[str], cfg: MEMConfig, settings: dict[str, Any], record_url: str, run_id: str,
-                 storage_options: dict | None, limits: ReadLimits, device: str, clustered: bool) -> FitState:
+def fitted_state(request: FitRequest, device: str) -> FitState:
     """The record's fit when there is one (refused when its settings differ), else a new fit, saved."""
+    cfg, settings, record_url, storage_options = request.cfg, request.settings, request.record_url, request.storage_options
     if refuse_changed_settings(record_url, settings, storage_options):
         existing = load_fit(record_url, cfg, storage_options)
         existing.info["loaded_from_record"] = True
@@ -288,13 +322,21 @@ def fitted_state(urls: list[str], cfg: MEMConfig, settings: dict[str, Any], reco
         state = torch.load(cached, map_location="cpu", weights_only=False)
         state.info["loaded_from_local_cache"] = True
     else:
-        state = fit(urls, cfg, settings, storage_options, limits, device, clustered)
+        state = fit(request, device)
         cached.parent.mkdir(parents=True, exist_ok=True)
         torch.save(state, str(cached) + ".partial")
         os.replace(str(cached) + ".partial", cached)
-    save_fit(record_url, state, run_id, storage_options)
+    save_fit(record_url, state, request.run_id, storage_options)
     cached.unlink(missing_ok=True)   # the record holds it now
     return state
+
+
+def run_fit(request: FitRequest, device: str) -> tuple[dict[str, Any], FitState]:
+    """(what the run record says of the fit, with the storage retries it took; the state)."""
+    before = Counter(retry_counts)
+    state = fitted_state(request, device)
+    summary = fit_summary(state, request.record_url, request.cfg)
+    return {**summary, "retries": dict(Counter(retry_counts) - before)}, state
 
 
 def local_fit_path(record_url: str, settings: dict[str, Any]) -> Path:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_gpu_check_runs_end_to_end_on_a_tiny_surrogate(tmp_path):
@@ -29,9 +29,11 @@ def test_gpu_check_runs_end_to_end_on_a_tiny_surrogate(tmp_path):
         # surrogate steps are fixed per round, so a bigger unit is cheaper per sample
         assert big["samples_per_s"] > small["samples_per_s"] > 0
     assert result["variants"]["paper+big-batches"]["overrides"] == {"pgd_batch_size": 512, "candidate_chunk": 16}
-    assert result["bf16"]["extrapolated_samples_per_s"] == result["variants"]["paper"]["extrapolated"][0]["samples_per_s"]
-    # autocast is a GPU path: on a CPU both precisions compute the same thing
-    assert result["precision_check"]["relative_pgd_loss_difference"] == 0.0
+    assert {run["precision"] for run in result["variants"].values()} == {"bf16"}   # the variants time bf16
+    # bf16 autocast runs on the CPU too: the two precisions differ (bf16 really computed), a little
+    check = result["precision_check"]
+    assert check["fp32_pgd_loss"] != check["bf16_pgd_loss"]
+    assert 0 < check["relative_pgd_loss_difference"] < check["tolerance"]
 
 
 def test_reproduce_paper_end_to_end_on_a_fake_flickr8k(tmp_path):
@@ -42,43 +44,51 @@ def test_reproduce_paper_end_to_end_on_a_fake_flickr8k(tmp_path):
     root = tmp_path / "flickr8k"
     (root / "Images").mkdir(parents=True)
     lines = ["image,caption"]
-    for i in range(30):
+    for i in range(50):
         pixels, caption, _ = make_photo_sample(i, 80, seed=5, difficulty=0.2)
         Image.fromarray(pixels).save(root / "Images" / f"{i:04d}.jpg")
         lines += [f"{i:04d}.jpg,{caption}", f"{i:04d}.jpg,{caption}, seen again"]
     (root / "captions.txt").write_text("\n".join(lines) + "\n")
     out = tmp_path / "reproduce.json"
     subprocess.run([sys.executable, "bench/reproduce_paper.py", "--dataset", "flickr8k", "--root", str(root), "--tiny",
-                    "--device", "cpu", "--test-images", "10", "--epochs", "2", "--work", str(tmp_path / "work"),
+                    "--device", "cpu", "--test-images", "25", "--epochs", "2", "--work", str(tmp_path / "work"),
                     "--out", str(out)], cwd=ROOT, check=True, capture_output=True, timeout=900)
     result = json.loads(out.read_text())
     assert list(result["rows"]) == ["clean", "random-words", "random", "em", "mem3", "mem5"]
-    assert result["meta"]["ingest"]["train"]["samples"] == 40 and result["meta"]["ingest"]["test"]["samples"] == 10
+    assert result["meta"]["ingest"]["train"]["samples"] == 50 and result["meta"]["ingest"]["test"]["samples"] == 25
+    recalls = []
     for row in result["rows"].values():
         m = row["clean"]
-        assert row["n_train"] == 40 and m["chance_R@10"] == 100.0
-        assert all(0 <= m[f"{d}_R@{k}"] <= 100 for d in ("i2t", "t2i") for k in (1, 5, 10))
-        assert 1 <= m["i2t_median_rank"] <= 10
+        assert row["n_train"] == 50 and m["chance_R@10"] == 40.0   # 25 test images: R@10 is not 100 by itself
+        for d in ("i2t", "t2i"):
+            assert 0 <= m[f"{d}_R@1"] <= m[f"{d}_R@5"] <= m[f"{d}_R@10"] <= 100
+            assert 1 <= m[f"{d}_median_rank"] <= 25
+            # half the queries rank within the median: R@k is at least 50 % from k at or above it
+            assert m[f"{d}_R@10"] >= 50 or m[f"{d}_median_rank"] > 10
+            recalls.append(m[f"{d}_R@10"])
+    assert len(set(recalls)) > 1   # six victims, two directions: not one constant
     assert {f"protect {m}" for m in ("random", "em", "mem3", "mem5")} <= set(result["seconds"])
-    assert result["protection"]["mem3"]["samples_protected"] == 40
+    assert result["protection"]["mem3"]["samples_protected"] == 50
     table = out.with_suffix(".md").read_text()
     assert "| mem5 |" in table and "tiny smoke" in table
 
 
-def test_random_words_control_draws_new_words_for_every_shard(demo_small, tmp_path):
+def test_random_words_control_draws_new_words_for_every_shard(tmp_path):
     """The control is 3 random words per caption: two shards with the same captions must not get
     the same prefixes (a per-shard reseed once made each triple repeat in every shard)."""
     import shutil
 
-    sys.path.insert(0, str(ROOT / "bench"))
-    from effectiveness import derive, random_words_captions
+    from mempipe_research.controls import derive, random_words_captions
 
     from mempipe.io.shards import iter_shard
 
+    from mempipe.data.demo_data import write_split
+
     src = tmp_path / "src"
+    write_split(str(tmp_path / "one"), 300, 32, seed=3, first_index=0, per_shard=300)
     src.mkdir()
     for name in ("00000", "00001"):   # the same 300 samples twice
-        shutil.copy(demo_small / "train" / "00000.tar", src / f"{name}.tar")
+        shutil.copy(tmp_path / "one" / "00000.tar", src / f"{name}.tar")
     out = derive("random-words", str(src), str(src), tmp_path / "rw", random_words_captions(0))
     first, second = ([s.caption for s in iter_shard(f"{out}/{n}.tar")] for n in ("00000", "00001"))
     originals = [s.caption for s in iter_shard(str(src / "00000.tar"))]
@@ -91,8 +101,7 @@ def test_random_words_control_draws_new_words_for_every_shard(demo_small, tmp_pa
 def test_group_control_keeps_each_trigger_group_and_draws_it_new_words():
     """The shared-trigger control: captions that shared a trigger share the new words (in any shard),
     different triggers get different words, and the caption after the trigger is untouched."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    from effectiveness import group_random_words_captions
+    from mempipe_research.controls import group_random_words_captions
 
     edit = group_random_words_captions(seed=0)
     first = edit(["aa bb cc a dog", "dd ee ff two cats", "aa bb cc one bird"], 0)
@@ -103,15 +112,14 @@ def test_group_control_keeps_each_trigger_group_and_draws_it_new_words():
     assert [c.split()[3:] for c in first + second] == [s.split() for s in
                                                        ("a dog", "two cats", "one bird", "a fish", "a tree")]
     # the global trigger's control: one triple, the same in front of every caption of every shard
-    from effectiveness import global_random_words_captions
+    from mempipe_research.controls import global_random_words_captions
     glob = global_random_words_captions(seed=0)
     fronts = {" ".join(c.split()[:3]) for c in glob(["a dog", "two cats"], 0) + glob(["a fish"], 5)}
     assert len(fronts) == 1 and glob(["a dog"], 0)[0].endswith(" a dog")
 
 
 def test_goal_rows_measure_distance_to_twice_chance_and_margin_removed():
-    sys.path.insert(0, str(ROOT / "bench"))
-    from make_tables import goal_rows, matched_control
+    from mempipe_research.report import goal_rows, matched_control
 
     def row(name, victim, clean, prefixed):
         final = {s: {"i2t_R@10": v[0], "t2i_R@10": v[1], "chance_R@10": 2.0}
@@ -138,8 +146,7 @@ def test_goal_rows_measure_distance_to_twice_chance_and_margin_removed():
 
 
 def test_merge_joins_disjoint_rows_keeps_the_first_protection_record_and_refuses_a_clash(tmp_path):
-    sys.path.insert(0, str(ROOT / "bench"))
-    from effectiveness import merge
+    from mempipe_research.report import merge
 
     def part(name, rows, psnr):
         path = tmp_path / name
