@@ -20,6 +20,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
 fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD   # the checkout's mempipe and mempipe_research, uninstalled
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=6 TOKENIZERS_PARALLELISM=false
 nvidia-smi -L
 if [ "${1:-}" = flickr8k ]; then
