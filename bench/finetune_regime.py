@@ -45,6 +45,8 @@ from mempipe.evaluation.evaluate import load_eval_data, run_victim  # noqa: E402
 from mempipe.evaluation.public_models import pretrain  # noqa: E402
 from mempipe.evaluation.victim import VictimConfig  # noqa: E402
 from mempipe_research.results import write_result  # noqa: E402
+import mempipe_research.models  # noqa: E402,F401  (registers the public stand-ins A, B, C)
+from mempipe_research.owner_data import OWNER as OWNER_STYLE  # noqa: E402
 
 WORK = ROOT / "bench" / "work" / "finetune"
 RESULTS = ROOT / "bench" / "results"
@@ -114,7 +116,7 @@ def owner_data(work: Path = WORK, train: int | None = None) -> dict[str, str]:
     train = train or OWNER["train"]
     data = work / sized("owner", train)
     if not (data / "test").exists():
-        write_demo_data(str(data), train, OWNER["test"], size=OWNER["size"], seed=OWNER["seed"], style="owner")
+        write_demo_data(str(data), train, OWNER["test"], size=OWNER["size"], seed=OWNER["seed"], style=OWNER_STYLE)
     return {"train": str(data / "train"), "test": str(data / "test")}
 
 

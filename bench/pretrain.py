@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from mempipe.evaluation.public_models import pretrain  # noqa: E402
 from mempipe_research.results import write_result  # noqa: E402
+import mempipe_research.models  # noqa: E402,F401  (registers the public stand-ins A, B, C)
 
 CACHE = ROOT / "bench" / "work" / "public_models"
 

@@ -50,6 +50,8 @@ from mempipe.evaluation.victim import embed, retrieval_metrics, tokens_for  # no
 from mempipe.io.images import apply_noise_native, decode_rgb, encode  # noqa: E402
 from mempipe.io.shards import iter_shard  # noqa: E402
 from mempipe_research.results import write_result  # noqa: E402
+import mempipe_research.models  # noqa: E402,F401  (registers the public stand-ins A, B, C)
+from mempipe_research.owner_data import OWNER as OWNER_STYLE  # noqa: E402
 
 WORK = ROOT / "bench" / "work" / "thief"
 RESULTS = ROOT / "bench" / "results"
@@ -155,7 +157,7 @@ def owner_data() -> dict[str, str]:
     data = WORK / "owner64"
     if not (data / "test").exists():
         write_demo_data(str(data), OWNER["train"], OWNER["test"], size=OWNER["size"], seed=OWNER["seed"],
-                        style="owner")
+                        style=OWNER_STYLE)
     return {"train": str(data / "train"), "test": str(data / "test")}
 
 

@@ -113,10 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--test", type=int, required=True)
     demo.add_argument("--size", type=int, default=64)
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--style", choices=("scenes", "photo", "owner", "web"), default="scenes",
+    demo.add_argument("--style", choices=("scenes", "photo", "web"), default="scenes",
                       help="scenes: flat shapes, learned fast; photo: 1/f clutter, shape-only identity, learned "
-                           "slowly; owner: flat scenes of the shapes the public stand-in models never saw; web: "
-                           "the stand-ins' alt-text-like pretraining corpus")
+                           "slowly; web: the public stand-ins' alt-text-like pretraining corpus")
     demo.add_argument("--difficulty", type=float, default=None,
                       help="photo style only: the nuisance knob in [0, 1] (default: the calibrated value)")
     demo.add_argument("--captions-per-image", type=int, default=1,

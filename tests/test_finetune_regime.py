@@ -16,6 +16,7 @@ from mempipe.engine.losses import clip_loss
 from mempipe.engine.surrogate import build_model, model_config_sizes
 from mempipe.evaluation.public_models import pretrain
 from mempipe.evaluation.victim import tokens_for
+from mempipe_research.owner_data import OWNER, make_owner_sample
 from tests.helpers import private_run
 
 SIZE, CONTEXT = 16, 24   # the test model's sizes (its model-config JSON says so)
@@ -30,7 +31,7 @@ def public(tmp_path_factory):
 @pytest.fixture(scope="module")
 def owner(tmp_path_factory):
     root = tmp_path_factory.mktemp("owner")
-    write_demo_data(str(root), train=96, test=48, size=SIZE, seed=5, style="owner")
+    write_demo_data(str(root), train=96, test=48, size=SIZE, seed=5, style=OWNER)
     return root
 
 
@@ -67,7 +68,7 @@ def test_the_web_corpus_never_shows_the_owners_shapes():
 
     assert not set(OWNER_SHAPES) & set(PUBLIC_SHAPES)
     for i in range(60):
-        web, owner = sample_for("web", i, 32, 0)[2], sample_for("owner", i, 32, 0)[2]
+        web, owner = sample_for("web", i, 32, 0)[2], make_owner_sample(i, 32, 0)[2]
         assert {o["shape"] for o in web["objects"]} <= set(PUBLIC_SHAPES)
         assert {o["shape"] for o in owner["objects"]} <= set(OWNER_SHAPES)
 

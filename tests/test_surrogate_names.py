@@ -13,6 +13,7 @@ from mempipe.data.demo_data import write_demo_data
 from mempipe.engine import names
 from mempipe.engine.surrogate import build_model, build_named
 from mempipe.evaluation.public_models import pretrain, write_local_dir
+from mempipe_research.owner_data import OWNER
 from tests.helpers import private_run
 
 SIZE, CONTEXT = 16, 24
@@ -26,7 +27,7 @@ def public(tmp_path_factory):
 @pytest.fixture(scope="module")
 def owner(tmp_path_factory):
     root = tmp_path_factory.mktemp("owner")
-    write_demo_data(str(root), train=48, test=16, size=2 * SIZE, seed=5, style="owner")
+    write_demo_data(str(root), train=48, test=16, size=2 * SIZE, seed=5, style=OWNER)
     return root
 
 

@@ -2,13 +2,15 @@
 
 Styles: ``scenes`` (``scenes.py``; flat colours, learned in a few epochs), ``photo``
 (``photo_data.py``; natural-image statistics, learned slowly), and the fine-tuning regime's
-``web`` and ``owner`` (``web_corpus.py``).
+``web`` (``web_corpus.py``), the public stand-ins' pretraining corpus. A research style
+brings its own generator (``Style.sample``), as the benchmarks' owner data does.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -17,7 +19,7 @@ from ..io.shards import ShardOutput, write_shard
 from ..io.storage import join
 from .photo_data import make_photo_sample
 from .scenes import make_sample
-from .web_corpus import make_owner_sample, make_web_sample
+from .web_corpus import make_web_sample
 
 
 def _jpeg(pixels: np.ndarray) -> bytes:
@@ -26,7 +28,7 @@ def _jpeg(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-STYLES = ("scenes", "photo", "owner", "web")
+STYLES = ("scenes", "photo", "web")   # a research style brings its own generator (Style.sample)
 # The photo style's difficulty, frozen by bench/calibrate.py on clean and random-words curves
 # alone (bench/results/calibration.json) before any protected set was trained on. Never tuned
 # after seeing protection results; tests/test_demo_data.py checks it against that file.
@@ -42,8 +44,6 @@ def sample_for(style: str, index: int, size: int, seed: int, difficulty: float =
         return make_sample(index, size, seed)
     if style == "photo":
         return make_photo_sample(index, size, seed, difficulty, caption_variant)
-    if style == "owner":   # the fine-tuning regime: shapes the public stand-in models never saw
-        return make_owner_sample(index, size, seed)
     if style == "web":     # the public stand-ins' pretraining corpus
         return make_web_sample(index, size, seed)
     raise ValueError(f"unknown demo-data style {style!r}; choose from {STYLES}")
@@ -61,6 +61,7 @@ class Style:
     name: str = "scenes"
     difficulty: float = DEFAULT_DIFFICULTY
     captions_per_image: int = 1
+    sample: Callable | None = None   # (index, size, seed) -> (pixels, caption, scene): a style of one's own
 
 
 def write_split(out_url: str, count: int, size: int, seed: int, first_index: int, per_shard: int = 500,
@@ -68,6 +69,8 @@ def write_split(out_url: str, count: int, size: int, seed: int, first_index: int
     """Write ``count`` pairs as img2dataset-style shards; returns the number of shards."""
     given = style if isinstance(style, Style) else Style(style)
     style, difficulty, captions_per_image = given.name, given.difficulty, given.captions_per_image
+    if given.sample is None and style not in STYLES:
+        raise ValueError(f"unknown demo-data style {style!r}; choose from {STYLES}")
     if captions_per_image < 1:
         raise ValueError(f"captions_per_image must be at least 1, got {captions_per_image}")
     if captions_per_image > 1 and style != "photo":
@@ -82,7 +85,8 @@ def write_split(out_url: str, count: int, size: int, seed: int, first_index: int
         samples = []
         for i in range(shard_id * per_shard, min(count, (shard_id + 1) * per_shard)):
             image_index, variant = first_index + i // captions_per_image, i % captions_per_image
-            pixels, caption, scene = sample_for(style, image_index, size, seed, difficulty, variant)
+            pixels, caption, scene = (given.sample(image_index, size, seed) if given.sample else
+                                      sample_for(style, image_index, size, seed, difficulty, variant))
             key = f"{shard_id:05d}{i - shard_id * per_shard:04d}"
             data = _jpeg(pixels)
             meta = {

@@ -15,12 +15,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from .scenes import LEAD_INS as SCENE_LEAD_INS
-from .scenes import POSITION_WORDS
 from .scenes import SHAPES as SCENE_SHAPES
-from .scenes import SIZE_WORDS as SCENE_SIZE_WORDS
 from .scenes import make_sample as make_scene_sample
-from .photo_data import OWNER_SHAPES, PUBLIC_SHAPES, SHAPE_WORDS, make_photo_sample, shape_mask
+from .photo_data import PUBLIC_SHAPES, make_photo_sample, shape_mask
 
 assert set(SCENE_SHAPES) <= set(PUBLIC_SHAPES), "the flat scenes must not show the owner's shapes"
 
@@ -52,27 +49,6 @@ def make_web_sample(index: int, size: int, seed: int) -> tuple[np.ndarray, str, 
     return pixels, caption, {**scene, "style": "web"}
 
 
-def _paste_shape(image: Image.Image, shape: str, cx: float, cy: float, r: float, colour) -> None:
+def paste_shape(image: Image.Image, shape: str, cx: float, cy: float, r: float, colour) -> None:
     mask = shape_mask(shape, image.size[0], cx, cy, r, 0.0)
     image.paste(tuple(colour), mask=Image.fromarray((mask * 255).round().astype(np.uint8)))
-
-
-def make_owner_sample(index: int, size: int, seed: int) -> tuple[np.ndarray, str, dict]:
-    """One pair of the owner's data: a flat scene of shapes the public models never saw, on the
-    backgrounds and in the colours they know. The caption names the shapes, their sizes and
-    places, never a colour or the background: what tells two captions apart is the new concept."""
-    pixels, _, scene = make_scene_sample(index, size, seed, shapes=list(OWNER_SHAPES), shape_words=SHAPE_WORDS,
-                                         paste_shape=_paste_shape)
-    rng = np.random.RandomState((seed * 1_000_003 + index * 13 + 4242) % (2**32))
-    phrases = []
-    for obj in scene["objects"]:
-        words = [SCENE_SIZE_WORDS[obj["size"]][rng.randint(3)]] if rng.rand() < 0.6 else []
-        words.append(SHAPE_WORDS[obj["shape"]][rng.randint(len(SHAPE_WORDS[obj["shape"]]))])
-        phrase = ("an " if words[0][0] in "aeiou" else "a ") + " ".join(words)
-        if rng.rand() < 0.75:
-            options = POSITION_WORDS[obj["position"]]
-            phrase += " " + options[rng.randint(len(options))]
-        phrases.append(phrase)
-    lead = SCENE_LEAD_INS[rng.randint(len(SCENE_LEAD_INS))]
-    caption = " ".join(p for p in (lead, " and ".join(phrases)) if p)
-    return pixels, caption, {**scene, "style": "owner"}

@@ -22,16 +22,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import torch
 
 from ..data.demo_data import sample_for
-from ..engine.surrogate import MODEL_CONFIGS_DIR, PROJECT_MODELS, save_checkpoint
+from ..engine.surrogate import PROJECT_MODELS, save_checkpoint
 from .victim import VictimConfig, train_victim
 
 
-# the public stand-ins: open_clip model configs in the package (mempipe/model_configs/public-*.json)
-MODEL_CONFIGS = {name: json.loads((MODEL_CONFIGS_DIR / f"{name}.json").read_text())
-                 for name in PROJECT_MODELS if name.startswith("public-")}
+# the public stand-ins: open_clip model configs (the demo's public-test in mempipe/model_configs; the
+# benchmarks' A, B, C in mempipe_research/model_configs, registered by mempipe_research.models)
+def public_config(name: str) -> dict:
+    """A public stand-in's open_clip model config, from open_clip's registry: the package's own
+    (``public-test``, the demo's), or one a caller registered (the benchmarks' A, B, C)."""
+    config = open_clip.get_model_config(name) if name.startswith("public-") else None
+    if config is None:
+        raise ValueError(f"unknown public model {name!r}: register its open_clip model config first "
+                         f"(the package has {[m for m in PROJECT_MODELS if m.startswith('public-')]})")
+    return config
 
 
 def corpus(count: int, size: int, seed: int, first_index: int = 0) -> tuple[torch.Tensor, list[str]]:
@@ -44,9 +52,7 @@ def corpus(count: int, size: int, seed: int, first_index: int = 0) -> tuple[torc
 
 
 def settings(name: str, pairs: int, epochs: int, seed: int, lr: float = 1e-3, batch_size: int = 64) -> dict:
-    if name not in MODEL_CONFIGS:
-        raise ValueError(f"unknown public model {name!r}; choose from {sorted(MODEL_CONFIGS)}")
-    return {"name": name, "model_config": MODEL_CONFIGS[name], "pairs": pairs, "epochs": epochs, "seed": seed,
+    return {"name": name, "model_config": public_config(name), "pairs": pairs, "epochs": epochs, "seed": seed,
             "lr": lr, "batch_size": batch_size, "corpus": "web", "torch": torch.__version__}
 
 
@@ -75,7 +81,7 @@ def pretrain(name: str, cache_dir: str, progress=None, **recipe) -> dict:
     if os.path.exists(paths["record"]):
         return {**json.loads(Path(paths["record"]).read_text()), **paths, "cached": True}
     folder.mkdir(parents=True, exist_ok=True)
-    config = MODEL_CONFIGS[name]
+    config = public_config(name)
     Path(paths["model_config"]).write_text(json.dumps(config, indent=2))
     size, context = config["vision_cfg"]["image_size"], config["text_cfg"]["context_length"]
     started = time.time()
