@@ -132,7 +132,7 @@ def merge(parts: list[Path], out: Path) -> int:
 
 def main() -> int:
     if "--regime" in sys.argv:   # the fine-tuning regime: public pretrained stand-ins (bench/finetune_regime.py)
-        from bench.finetune_regime import calibrate_main
+        from finetune_regime import calibrate_main   # a sibling script (bench/ is on the path)
 
         return calibrate_main(sys.argv[1:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

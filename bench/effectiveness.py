@@ -152,7 +152,7 @@ DERIVED = {
 
 def main() -> int:
     if "--regime" in sys.argv:   # the fine-tuning regime: public pretrained stand-ins (bench/finetune_regime.py)
-        from bench.finetune_regime import effectiveness_main
+        from finetune_regime import effectiveness_main   # a sibling script (bench/ is on the path)
 
         return effectiveness_main(sys.argv[1:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

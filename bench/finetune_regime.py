@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
@@ -44,6 +43,7 @@ from mempipe.evaluation.datasets import prefix_random_words  # noqa: E402
 from mempipe.evaluation.evaluate import load_eval_data, run_victim  # noqa: E402
 from mempipe.evaluation.public_models import pretrain  # noqa: E402
 from mempipe.evaluation.victim import VictimConfig  # noqa: E402
+from mempipe_research.report import differs, stats  # noqa: E402,F401  (the 2-sd rule, shared)
 from mempipe_research.results import write_result  # noqa: E402
 import mempipe_research.models  # noqa: E402,F401  (registers the public stand-ins A, B, C)
 from mempipe_research.owner_data import OWNER as OWNER_STYLE  # noqa: E402
@@ -165,21 +165,8 @@ def meta() -> dict:
 
 # ---------------------------------------------------------------- statistics
 
-def stats(values: list[float]) -> dict:
-    return {"mean": round(float(np.mean(values)), 2),
-            "sd": round(float(np.std(values, ddof=1)), 2) if len(values) > 1 else None, "n": len(values)}
-
-
 def gain_stats(rows: list[dict], split: str = "clean") -> dict[str, dict]:
     return {d: stats([r["gain"][split][d] for r in rows]) for d in ("i2t", "t2i")}
-
-
-def differs(a: dict, b: dict) -> bool | None:
-    """The rule: means differ by more than twice the pooled sd (None when a row has one seed)."""
-    if a["sd"] is None or b["sd"] is None:
-        return None
-    pooled = math.sqrt((a["sd"] ** 2 + b["sd"] ** 2) / 2)
-    return abs(a["mean"] - b["mean"]) > 2 * pooled
 
 
 # ---------------------------------------------------------------- calibration

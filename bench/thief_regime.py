@@ -38,7 +38,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from bench.finetune_regime import differs, stats  # noqa: E402
+from mempipe_research.report import differs, stats  # noqa: E402
 from mempipe.data.demo_data import write_demo_data  # noqa: E402
 from mempipe.engine import preset  # noqa: E402
 from mempipe.engine.mem import Given, protect_unit  # noqa: E402

@@ -3,7 +3,10 @@ kind of edit, distances to the goals, and result files of processes that ran sid
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+
+import numpy as np
 
 
 GOAL_TIMES_CHANCE = 2.0   # the best method's R@10 at most 2x chance, both directions
@@ -78,3 +81,18 @@ def merge(parts: list[Path], out: Path) -> int:
     out.write_text(json.dumps(merged, indent=1))
     print(f"{out}: {len(merged['rows'])} rows from {len(parts)} files")
     return 0
+
+
+# ---------------------------------------------------------------- the 2-sd rule
+
+def stats(values: list[float]) -> dict:
+    return {"mean": round(float(np.mean(values)), 2),
+            "sd": round(float(np.std(values, ddof=1)), 2) if len(values) > 1 else None, "n": len(values)}
+
+
+def differs(a: dict, b: dict) -> bool | None:
+    """The rule: means differ by more than twice the pooled sd (None when a row has one seed)."""
+    if a["sd"] is None or b["sd"] is None:
+        return None
+    pooled = math.sqrt((a["sd"] ** 2 + b["sd"] ** 2) / 2)
+    return abs(a["mean"] - b["mean"]) > 2 * pooled
