@@ -210,6 +210,7 @@ def unit_features(model: ClipModel, unit: UnitTensors, which: str, batch_size: i
 
 def hotflip_round(model: ClipModel, unit: UnitTensors, cfg: MEMConfig, generator: torch.Generator) -> tuple[float, float]:
     before, after = [], []
+    search = Candidates(unit.allowed, cfg.candidates, cfg.candidate_chunk)
     for idx in _batches(len(unit.images), cfg.batch_size, generator):
         idx = idx.to(unit.images.device)
         with torch.no_grad(), _autocast(cfg, idx.device):
@@ -217,7 +218,7 @@ def hotflip_round(model: ClipModel, unit: UnitTensors, cfg: MEMConfig, generator
         local, groups = torch.unique(unit.trigger_group[idx], return_inverse=True)
         with _autocast(cfg, idx.device):
             new, b, a = hotflip_batch(model, image_features, unit.trigger[local], groups, unit.body[idx],
-                                      unit.lengths[idx], Candidates(unit.allowed, cfg.candidates, cfg.candidate_chunk),
+                                      unit.lengths[idx], search,
                                       None if unit.insert_at is None else unit.insert_at[idx])
         unit.trigger[local] = new
         before.append(b)

@@ -27,7 +27,7 @@ from ..io.shards import DEFAULT_LIMITS, ReadLimits, done_shards, list_shards, sh
 from ..io.storage import filesystem, redact
 from .fit import FitRequest, refuse_changed_settings, run_settings
 from .progress import RunProgress
-from .windows import ShardResult, WindowTask, Writer
+from .windows import ShardResult, WindowTask, Writer, cut_windows
 
 WINDOW_CLUSTER = 8   # shards per window for the cluster partition (see docs/performance.md)
 
@@ -47,6 +47,7 @@ class RunRequest:
     partition: str = "shard"
     window: int | None = None
     break_lock: bool = False
+    fmt: ImageFormat = field(init=False, repr=False)   # image_format, parsed
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_url", absolute(self.input_url))
@@ -141,11 +142,6 @@ def plan(request: RunRequest) -> tuple[list[str], list[str]]:
     return shards, [s for s in shards if shard_name(s) not in done]
 
 
-def windows(todo: list[str], size: int) -> list[list[str]]:
-    """Work items: consecutive input shards, ``size`` at a time."""
-    return [todo[i:i + size] for i in range(0, len(todo), max(1, size))]
-
-
 def new_version(output_url: str, record_url: str | None, storage_options: dict | None) -> tuple[str, str]:
     """The first free ``OUTPUT.vN`` (N = 2, 3, ...) and its record, for a run with other settings."""
     base = output_url.rstrip("/")
@@ -164,14 +160,14 @@ def run(request: RunRequest, distributor: Distributor, progress: RunProgress | N
     run_id = new_run_id()
     progress.phase("planning")
     shards, todo = plan(request)
-    head = RunRecord(__version__, run_id, distributor.engine, request.partition, request.input_url, request.output_url,
+    record = RunRecord(__version__, run_id, distributor.engine, request.partition, request.input_url, request.output_url,
                      request.record_url, request.provenance, request.image_format, request.shards_per_window,
                      redact(request.storage_options or {}), request.cfg.to_dict(), shards_total=len(shards),
                      shards_done_before=len(shards) - len(todo))
     if not todo:
         progress.close()
-        head.nothing_to_do = f"{len(shards)} of {len(shards)} shards already done, skipped"
-        return head
+        record.nothing_to_do = f"{len(shards)} of {len(shards)} shards already done, skipped"
+        return record
     settings = run_settings(request.cfg, request.image_format, request.partition, request.provenance)
     refuse_changed_settings(request.record_url, settings, request.storage_options)   # before the lock, before any work
     with OutputLock(request.output_url, run_id, request.storage_options).acquire(request.break_lock):
@@ -183,9 +179,8 @@ def run(request: RunRequest, distributor: Distributor, progress: RunProgress | N
         retries = Counter(fitted.pop("retries"))
         writer = Writer(request.output_url, request.record_url, request.provenance, run_id, request.storage_options)
         task = WindowTask(request.cfg, request.fmt, writer, request.limits, request.clustered)
-        work = windows(todo, request.shards_per_window)
+        work = cut_windows(todo, request.shards_per_window)
         progress.phase("protecting")
-        record = head
         for result in distributor.protect(work, task):
             retries.update(result.retries)
             record.units += result.units

@@ -28,7 +28,7 @@ from ..io.retry import StorageError
 from ..io.shards import done_shards, shard_name
 from .fit import FitRequest, FitState, run_fit
 from .progress import quiet_ray
-from .windows import ShardResult, WindowTask, protect_window
+from .windows import ShardResult, WindowTask, cut_windows, protect_window
 
 RUN_STATE_ACTOR = "mempipe-run-state"
 FAULT_ENV = "MEMPIPE_FAULT_KILL_SHARD"  # fault injection for tests: a worker dies on this shard
@@ -190,8 +190,7 @@ class RayActorPool:
                     urls = [u for w in batch for u in w]
                     suspects += [u for u in urls if shard_name(u) in died]
                     left = [u for u in urls if shard_name(u) not in done | reported | set(died)]
-                    size = max(len(w) for w in batch)
-                    remaining = [left[i:i + size] for i in range(0, len(left), size)]
+                    remaining = cut_windows(left, max(len(w) for w in batch))
         finally:
             ray.kill(state_actor)
 

@@ -88,6 +88,11 @@ class Unit:
     trigger: torch.Tensor | None = None
 
 
+def cut_windows(shards: list[str], size: int) -> list[list[str]]:
+    """Work items: consecutive input shards, ``size`` at a time."""
+    return [shards[i:i + size] for i in range(0, len(shards), max(1, size))]
+
+
 def pack_units(cluster_of: list[int], unit_size: int) -> list[list[int]]:
     """Indices grouped into units: whole clusters first-fit-decreasing up to ``unit_size``; a
     cluster larger than that is cut into balanced chunks of its own (that share its trigger)."""
