@@ -45,7 +45,8 @@ def relative(value: Any, root: Path = ROOT) -> Any:
         return {k: relative(v, root) for k, v in value.items()}
     if isinstance(value, list):
         return [relative(v, root) for v in value]
-    if isinstance(value, str) and value.startswith(ABSOLUTE_PREFIXES):
+    # The repository itself may live anywhere (a CI checkout is not under a usual prefix).
+    if isinstance(value, str) and value.startswith((*ABSOLUTE_PREFIXES, os.path.abspath(root) + "/")):
         if "::" in value:   # open_clip_train's multi-shard spec
             return "::".join(relative_path(part, root) for part in value.split("::"))
         return relative_path(value, root)

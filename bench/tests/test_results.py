@@ -39,3 +39,10 @@ def test_write_result_stamps_and_makes_paths_relative(tmp_path):
     assert body["elsewhere"] == "<elsewhere>/run/out"
     assert body["provenance"]["command"] == "python bench/demo.py --quick"
     assert relative({"n": 3, "s": "plain"}) == {"n": 3, "s": "plain"}
+
+
+def test_a_checkout_under_an_unusual_prefix_is_still_made_relative():
+    root = Path("/check/work/main")
+    body = {"a": "/check/work/main/bench/work/x", "s": "/check/work/main/a.tar::/check/work/main/b.tar",
+            "other": "/checkout/x"}
+    assert relative(body, root) == {"a": "bench/work/x", "s": "a.tar::b.tar", "other": "/checkout/x"}
