@@ -83,7 +83,16 @@ VARIANTS = {
     # (the project's fast victim at the thief's lr), so the noise is error-minimising along the way a
     # thief's fine-tune goes, not only at its start
     "em-A-self": ({"method": "em"}, ("A", "A-self")),
+    # model-free: one +-eps 4 x 4 block pattern per cluster of like captions, the clusters drawn over the
+    # whole owner set (below), so that like captions anywhere carry one pattern; A only finds the clusters
+    "pattern-text": ({"method": "pattern", "noise_scope": "cluster", "cluster_features": "text", "noise_size": 64},
+                     ("A",)),
+    # its control: the same kind of pattern, one per image, nothing shared (as much visible change)
+    "pattern-sample": ({"method": "pattern", "noise_scope": "sample", "noise_size": 64}, ("A",)),
 }
+# variants clustered once over all 8,000 pairs (k-means on the first surrogate's caption features),
+# not inside each 500-pair unit: clusters of ~25 like captions
+GLOBAL_CLUSTERS = {"pattern-text": 320}
 SELF_ENSEMBLE = {"epochs": THIEF["epochs"], "lr": THIEF["lr"], "checkpoints": 3}
 # row -> (images from, captions from, what it is); the training shards are written once per row
 ROWS = {
@@ -97,6 +106,8 @@ ROWS = {
     "memj-AB-crop+orig": ("memj-AB-crop", "clean", "memj-AB-crop's images with the original captions restored"),
     "em-AB-cluster": ("em-AB-cluster", "clean", "EM, one noise per cluster of ~25 like pairs, A+B, crop in the loop"),
     "em-A-self": ("em-A-self", "clean", "EM against A and 3 checkpoints along A's fine-tune on the owner's pairs"),
+    "pattern-text": ("pattern-text", "clean", "model-free: a +-eps 4x4 block pattern per cluster of ~25 like captions"),
+    "pattern-sample": ("pattern-sample", "clean", "control: a +-eps 4x4 block pattern per image, nothing shared"),
 }
 CALIBRATION_ROWS = ("clean", "random-words")
 
@@ -130,7 +141,7 @@ COUNTERMEASURES = {
     "jpeg10bits": lambda im: _jpeg(_bits(im, 3), 10),   # ISS's strongest: 3-bit depth, then JPEG 10
     "blur": _blur,
 }
-CONTROL_OF = {"em-A": "random", "em-AB-cluster": "random", "em-A-self": "random", "em-A-crop": "random", "em-AB-crop": "random", "memj-AB-crop+orig": "random",
+CONTROL_OF = {"em-A": "random", "pattern-text": "pattern-sample", "pattern-sample": "random", "em-AB-cluster": "random", "em-A-self": "random", "em-A-crop": "random", "em-AB-crop": "random", "memj-AB-crop+orig": "random",
               "memj-AB-crop": "random-words"}
 
 
@@ -256,13 +267,15 @@ def protect_variant(name: str) -> dict:
     cfg = preset("finetune").with_overrides(checkpoint=first["checkpoint"], model_config=first["model_config"],
                                             **model_config_sizes(first["model_config"]), **ENGINE, **overrides)
     started, deltas, psnrs = time.time(), [], []
+    clusters = whole_set_clusters(base, members, cfg, protect_seed)
     for sub in ("images", "triggered") if cfg.uses_trigger else ("images",):
         (target / sub).mkdir(parents=True, exist_ok=True)
     for i, url in enumerate(shard_urls(owner_data()["train"])):
         native, captions, keys = read_shard(url)
         work = native if cfg.stored_size == OWNER["size"] else read_shard(url, cfg.image_size)[0]
-        result = protect_unit(work, captions, cfg.with_overrides(seed=i + 1000 * protect_seed),
-                              given=Given(surrogate=members[0] if members else None, ensemble=members[1:]))
+        result = protect_unit(work, captions, cfg.with_overrides(seed=i + 1000 * protect_seed, pattern_seed=protect_seed),
+                              given=Given(surrogate=members[0] if members else None, ensemble=members[1:],
+                                          clusters=None if clusters is None else clusters[url]))
         triggers = [""] * len(keys)
         if cfg.uses_trigger:
             triggers = [decode_trigger(row) for row in result.trigger_ids.tolist()]
@@ -284,10 +297,29 @@ def protect_variant(name: str) -> dict:
             write_shard(target / "triggered" / Path(url).name, triggered)
         print(f"{name}: shard {i} done ({time.time() - started:.0f}s)", flush=True)
     record = {"variant": name, "protect_seed": protect_seed, "surrogates": list(surrogates), "config": {**ENGINE, **overrides},
+              "whole_set_clusters": GLOBAL_CLUSTERS.get(base),
               "seconds": round(time.time() - started, 1), "seconds_per_sample": round((time.time() - started) / OWNER["train"], 4),
               "max_delta": max(deltas), "psnr_mean": round(float(np.mean(psnrs)), 3)}
     record_path.write_text(json.dumps(record, indent=1))
     return record
+
+
+def whole_set_clusters(base: str, members: list, cfg, seed: int) -> dict[str, torch.Tensor] | None:
+    """For a variant of GLOBAL_CLUSTERS: k-means over the caption features of every training pair
+    (the first surrogate's), returned as each shard's cluster ids; None for the others."""
+    from mempipe.engine.clusters import kmeans
+    from mempipe.engine.mem import sample_features
+
+    if base not in GLOBAL_CLUSTERS:
+        return None
+    urls = shard_urls(owner_data()["train"])
+    features = []
+    for url in urls:
+        native, captions, _ = read_shard(url)
+        features.append(sample_features(members[0], native, captions, cfg))
+    ids, _ = kmeans(torch.cat(features), GLOBAL_CLUSTERS[base], seed)
+    sizes = np.cumsum([0] + [len(f) for f in features])
+    return {url: ids[sizes[i]:sizes[i + 1]] for i, url in enumerate(urls)}
 
 
 def random_words_shards() -> str:
@@ -570,7 +602,9 @@ def goal(table: dict) -> dict:
             shares = rows.get(label, {}).get("share_of_clean")
             return None if not shares else min(v for s in shares.values() for v in s.values() if v is not None)
 
-        candidates = [r for r in rows if r in CONTROL_OF and CONTROL_OF[r] == "random"]
+        # the image-noise methods: every row with a control, less the controls and the trigger row
+        candidates = [r for r in rows if r in CONTROL_OF and r not in CONTROL_OF.values()
+                      and CONTROL_OF[r] != "random-words"]
         best = min(candidates, key=lambda r: largest(r) if largest(r) is not None else 9, default=None)
         share, random_share = (largest(best) if best else None), smallest("random")
         jpeg = largest(f"{best}@jpeg75") if best else None   # against clean under JPEG 75

@@ -10,6 +10,7 @@ from mempipe.data.demo_data import make_sample
 from mempipe.engine import Given, MEMConfig, preset, protect_unit
 from mempipe.engine import mem
 from mempipe.engine.convolution import convolution_noise, random_filters
+from mempipe.engine.patterns import pattern_noise
 from mempipe.engine.hotflip import Candidates, hotflip_batch
 from mempipe.engine.losses import clip_loss, group_swap_losses
 from mempipe.engine.surrogate import build_model, save_checkpoint
@@ -391,6 +392,50 @@ def test_conv_method_shares_a_filter_per_cluster_and_is_not_eps_bounded():
         MEMConfig(method="em", epsilon=64)
     with pytest.raises(ValueError, match="conv needs"):
         MEMConfig(method="conv", noise_scope="cluster+sample")
+
+
+def test_pattern_noise_is_one_coarse_eps_pattern_per_group_inside_the_pixel_range():
+    images, _ = demo(12)
+    groups = torch.tensor([0, 1, 2] * 4)
+    noise = pattern_noise(images, groups, 4, 8, seed=1).float()
+    after = images.float() + noise
+    assert noise.abs().max() == 8 and after.min() >= 0 and after.max() <= 255
+    # where the pixel range does not cut it, each image carries exactly +-eps, and its group's pattern
+    mid = (images.float() >= 8) & (images.float() <= 247)
+    assert bool((noise.abs() == 8)[mid].all())
+    for i in range(3, 12):
+        both = mid[i] & mid[i % 3]
+        assert int(both.sum()) > 100 and torch.equal(noise[i][both], noise[i % 3][both])
+    # different groups draw different patterns
+    grey = torch.full((3, 3, 16, 16), 128, dtype=torch.uint8)
+    full = pattern_noise(grey, torch.tensor([0, 1, 2]), 4, 8, seed=1)
+    assert not torch.equal(full[0], full[1]) and not torch.equal(full[1], full[2])
+    # a group's pattern depends on the seed and its id only: units protected apart agree
+    assert torch.equal(pattern_noise(grey[:1], torch.tensor([2]), 4, 8, seed=1)[0], full[2])
+    assert not torch.equal(pattern_noise(grey[:1], torch.tensor([2]), 4, 8, seed=2)[0], full[2])
+    # a block pattern: within a block every pixel has the same value
+    assert full[:, :, :4, :4].flatten(2).unique(dim=2).shape[2] == 1
+
+
+def test_pattern_method_shares_a_pattern_per_cluster_and_the_sample_scope_does_not():
+    images, captions = demo(32)
+    cfg = TINY.with_overrides(method="pattern", noise_scope="cluster", clusters=4)
+    out = protect_unit(images, captions, cfg)
+    assert out.trigger_ids.shape[1] == 0 and out.cluster_ids is not None and out.noise.abs().max() <= 8
+    # two images of one cluster carry the same noise wherever neither pixel is cut by the range
+    mid = (images.float() >= 8) & (images.float() <= 247)
+    compared = 0
+    for c in out.cluster_ids.unique().tolist():
+        members = [i for i in range(32) if out.cluster_ids[i] == c]
+        for i in members[1:]:
+            both = mid[members[0]] & mid[i]
+            assert torch.equal(out.noise[members[0]][both], out.noise[i][both])
+            compared += int(both.sum())
+    assert compared > 1000
+    sample = protect_unit(images, captions, cfg.with_overrides(noise_scope="sample"))
+    assert sample.cluster_ids is None and not torch.equal(sample.noise, out.noise)
+    with pytest.raises(ValueError, match="pattern needs"):
+        MEMConfig(method="pattern", noise_scope="cluster+sample")
 
 
 def test_field_specs_read_each_settings_type_including_optional_ones(monkeypatch):

@@ -67,11 +67,12 @@ def test_protect_end_to_end_on_300_demo_samples_with_bad_ones(demo_small, tmp_pa
     assert {p: p.read_bytes() for p in before} == before
 
 
-@pytest.mark.parametrize("method", ["random", "em", "uc", "conv"])
+@pytest.mark.parametrize("method", ["random", "em", "uc", "conv", "pattern"])
 def test_protect_baselines_and_formats(demo_small, tmp_path, fast_config, method):
     out = tmp_path / method
-    fmt = {"random": "jpeg:90", "em": "webp", "uc": "keep", "conv": "png"}[method]
-    scope = ["--noise-scope", "cluster"] if method == "conv" else []   # conv: one filter per cluster
+    fmt = {"random": "jpeg:90", "em": "webp", "uc": "keep", "conv": "png", "pattern": "png"}[method]
+    # conv and pattern: one filter or pattern per cluster
+    scope = ["--noise-scope", "cluster"] if method in ("conv", "pattern") else []
     assert main(["protect", str(demo_small / "test"), str(out), *FAST, "--config", fast_config, "--method", method,
                  "--image-format", fmt, "--clusters", "3", *scope]) == 0
     private = private_meta(out)
@@ -79,10 +80,11 @@ def test_protect_baselines_and_formats(demo_small, tmp_path, fast_config, method
     assert len(published) == 60 and all(s.meta["mempipe"]["method"] == method for s in published)
     full = [private[("00000", s.key)] for s in published]      # the owner's record of each sample
     assert all(m["trigger"] is None for m in full)
-    assert {s.image_ext for s in published} == {"random": {"jpg"}, "em": {"webp"}, "uc": {"png"}, "conv": {"png"}}[method]
+    assert {s.image_ext for s in published} == {"random": {"jpg"}, "em": {"webp"}, "uc": {"png"}, "conv": {"png"},
+                                                 "pattern": {"png"}}[method]
     if method != "random":
         assert max(m["max_delta"] for m in full) <= 8   # conv too: at the default epsilon the blur is clamped
-    if method in ("uc", "conv"):
+    if method in ("uc", "conv", "pattern"):
         assert {m["cluster"] for m in full} <= {0, 1, 2}
 
 

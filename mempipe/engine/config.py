@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
-METHODS = ("mem", "em", "random", "uc", "conv")
+METHODS = ("mem", "em", "random", "uc", "conv", "pattern")
 SCOPES = ("sample", "cluster", "global")
 NOISE_SCOPES = ("sample", "cluster", "cluster+sample")
 PLACEMENTS = ("front", "random")
@@ -42,6 +42,8 @@ class MEMConfig:
     pgd_objective: str = "trigger"  # trigger | joint: also minimise the loss with the trigger removed
     conv_kernel: int = 3            # conv (CUDA-style): filter size
     conv_blur: float = 0.3          # conv: off-centre taps uniform in [0, conv_blur] before normalising
+    pattern_grid: int = 4           # pattern: blocks per side of each group's +-eps pattern
+    pattern_seed: int = 0           # pattern: a cluster's pattern is drawn from this and its id (one across units)
     batch_size: int = 128
     lr: float = 5e-4
     weight_decay: float = 0.1
@@ -100,6 +102,8 @@ class MEMConfig:
         if self.method == "conv" and (self.noise_scope == "cluster+sample" or self.conv_kernel % 2 == 0
                                       or self.conv_kernel < 1 or self.conv_blur < 0):
             raise ValueError("conv needs noise scope sample or cluster, an odd kernel and conv_blur >= 0")
+        if self.method == "pattern" and (self.noise_scope == "cluster+sample" or self.pattern_grid < 1):
+            raise ValueError("pattern needs noise scope sample or cluster and pattern_grid >= 1")
         if not 1 <= self.alpha <= self.epsilon:
             raise ValueError(f"alpha must be in 1..epsilon levels, got {self.alpha}")
         if self.noise_size and self.noise_size < self.image_size:
@@ -177,7 +181,8 @@ CHOICES: dict[str, tuple] = {
 }
 HELP: dict[str, str] = {
     "method": "mem (the paper), em (image-only error minimisation), random (uniform noise), uc (one noise per "
-              "cluster), conv (a random blur per cluster; not eps-bounded)",
+              "cluster), conv (a random blur per cluster; not eps-bounded), pattern (a coarse +-eps block "
+              "pattern per cluster; model-free)",
     "arch": "surrogate architecture: an open_clip model name (RN50, ViT-B-32, ...) or tiny-vit / tiny-resnet",
     "checkpoint": "a local open_clip checkpoint for the surrogate (and the feature model)",
     "model_config": "an open_clip model-config JSON for the surrogate (embed_dim, vision_cfg, text_cfg); its "
@@ -202,6 +207,8 @@ HELP: dict[str, str] = {
     "pgd_objective": "trigger, or joint: the noise also minimises the loss with the trigger removed",
     "conv_kernel": "conv: filter size (odd)",
     "conv_blur": "conv: off-centre taps uniform in [0, conv_blur] before normalising",
+    "pattern_grid": "pattern: blocks per side of each group's +-eps pattern",
+    "pattern_seed": "pattern: a cluster's pattern comes from this seed and the cluster's id, the same in every unit",
     "batch_size": "surrogate batch",
     "lr": "surrogate AdamW learning rate",
     "weight_decay": "surrogate AdamW weight decay",

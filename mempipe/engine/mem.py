@@ -7,7 +7,8 @@ with HotFlip (first ``hotflip_iters`` rounds), then run PGD *descent* on the noi
 the captions shuffled inside the batch while every image keeps its own trigger.
 ``em`` is the same loop with no trigger; ``uc`` is ``em`` with one noise pattern per
 cluster; ``random`` is uniform noise in [-eps, eps]; ``conv`` blurs each cluster (or each
-image) with its own random filter, the surrogate serving only to find the clusters.
+image) with its own random filter and ``pattern`` gives each a coarse +-eps block pattern, the
+surrogate serving these two only to find the clusters.
 
 Beyond the paper: the noise is a sum of parts (per sample, per cluster, or both, each with
 its own share of eps); the ``joint`` objective adds the loss against the caption without
@@ -29,6 +30,7 @@ import torch
 from .clusters import kmeans
 from .config import MEMConfig
 from .convolution import convolution_noise
+from .patterns import pattern_noise
 from .hotflip import Candidates, hotflip_batch
 from .losses import clip_loss
 from .surrogate import ClipModel, build_model
@@ -325,8 +327,8 @@ def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, devi
     unit = UnitTensors(images, captions, cfg, device, generator)
     model = surrogate_for(cfg, device, unit, given.surrogate)
     opt = surrogate_optimizer(model, cfg, device)
-    if cfg.method == "conv":
-        return _convolution_unit(model, opt, unit, cfg, clusters, generator, progress, keep_model)
+    if cfg.method in MODEL_FREE:
+        return _model_free_unit(model, opt, unit, cfg, clusters, generator, progress, keep_model)
     members = [model] + [m.to(device).eval() for m in given.ensemble]
     for member in members[1:]:
         member.requires_grad_(False)
@@ -359,11 +361,22 @@ def _clusters(model: ClipModel, unit: UnitTensors, cfg: MEMConfig,
     return kmeans(unit_features(model, unit, cfg.cluster_features, cfg.batch_size), cfg.clusters, cfg.seed)
 
 
-def _convolution_unit(model: ClipModel, opt: torch.optim.Optimizer, unit: UnitTensors, cfg: MEMConfig,
-                      clusters: torch.Tensor | None, generator: torch.Generator,
-                      progress: Callable[[dict], None] | None, keep_model: bool) -> UnitResult:
-    """conv: as much surrogate training on the clean pairs as the optimised methods get, used only
-    for the cluster features; the noise is the filters' doing, nothing is optimised against a model."""
+# the model-free methods: noise from each group's id alone (the images only bound it)
+MODEL_FREE = {
+    "conv": lambda images, groups, cfg, gen: convolution_noise(images, groups, cfg.conv_kernel, cfg.conv_blur,
+                                                               cfg.epsilon, gen),
+    # per sample: fresh ids from the unit's generator, so no two images anywhere share a pattern
+    "pattern": lambda images, groups, cfg, gen: pattern_noise(
+        images, groups if cfg.effective_noise_scope == "cluster" else torch.randint(0, 2 ** 62, groups.shape, generator=gen),
+        cfg.pattern_grid, cfg.epsilon, cfg.pattern_seed),
+}
+
+
+def _model_free_unit(model: ClipModel, opt: torch.optim.Optimizer, unit: UnitTensors, cfg: MEMConfig,
+                     clusters: torch.Tensor | None, generator: torch.Generator,
+                     progress: Callable[[dict], None] | None, keep_model: bool) -> UnitResult:
+    """conv and pattern: as much surrogate training on the clean pairs as the optimised methods get,
+    used only for the cluster features; nothing is optimised against a model."""
     log: list[dict] = []
     for round_ in range(cfg.outer_iters):
         log.append({"round": round_, "surrogate_loss": train_surrogate(model, opt, unit, cfg, generator,
@@ -373,7 +386,7 @@ def _convolution_unit(model: ClipModel, opt: torch.optim.Optimizer, unit: UnitTe
     n = len(unit.images)
     clusters, centroids = _clusters(model, unit, cfg, clusters)
     groups = clusters if cfg.effective_noise_scope == "cluster" else torch.arange(n)
-    noise = convolution_noise(unit.images.cpu(), groups.cpu(), cfg.conv_kernel, cfg.conv_blur, cfg.epsilon, generator)
+    noise = MODEL_FREE[cfg.method](unit.images.cpu(), groups.cpu(), cfg, generator)
     return UnitResult(noise, torch.zeros(n, 0, dtype=torch.long), None if clusters is None else clusters.cpu(),
                       centroids, log, model=model if keep_model else None)
 
