@@ -101,3 +101,38 @@ def test_clusters_are_packed_into_bounded_units_and_a_large_one_is_cut():
     assert len(of_4) == 3 and sorted(len(u) for u in of_4) == [833, 833, 834]   # balanced chunks of one cluster
     mixed = [sorted({cluster_of[i] for i in u}) for u in units if u not in of_4]
     assert sorted(mixed) == [[0], [1, 3], [2]]   # whole small clusters share units, first-fit decreasing
+
+
+def test_a_fitted_clusters_pattern_is_one_across_units(demo_small, tmp_path):
+    """--method pattern with --partition cluster: every sample of one fitted cluster carries the same
+    block pattern, whichever unit it was protected in; other clusters carry others."""
+    import numpy as np
+
+    from mempipe.io.images import decode_rgb
+
+    config = write_fast_config(tmp_path, clusters=3, unit_size=50)
+    out = tmp_path / "out"
+    assert main(["protect", str(demo_small / "train"), str(out), "--config", config, "--partition", "cluster",
+                 "--no-ray", "--quiet", "--method", "pattern", "--noise-scope", "cluster",
+                 "--image-format", "png"]) == 0
+    original = {s.key: decode_rgb(s.image)[0].astype(np.int16)
+                for tar in sorted((demo_small / "train").glob("*.tar")) for s in iter_shard(str(tar))}
+    private = private_meta(out)
+    by_cluster: dict[int, list] = {}
+    for tar in sorted(out.glob("*.tar")):
+        for s in iter_shard(str(tar)):
+            delta = decode_rgb(s.image)[0].astype(np.int16) - original[s.key]
+            inside = (original[s.key] >= 8) & (original[s.key] <= 247)   # where the pixel range cuts nothing
+            by_cluster.setdefault(private[(tar.stem, s.key)]["cluster"], []).append((tar.stem, delta, inside))
+    # units of at most 50 samples: a cluster of more than 50 was protected in several units
+    assert len(by_cluster) > 1 and max(len(m) for m in by_cluster.values()) > 50
+    assert len(private_run(out)["units"]) >= 300 // 50
+    patterns = {}
+    for cluster, members in by_cluster.items():
+        _, first, first_inside = members[0]
+        for _, delta, inside in members[1:]:
+            both = first_inside & inside
+            assert both.sum() > 1000 and np.array_equal(first[both], delta[both])
+        assert set(np.unique(first[first_inside])) == {-8, 8}
+        patterns[cluster] = np.where(first_inside, first, 0)
+    assert len({p.tobytes() for p in patterns.values()}) == len(patterns)

@@ -286,6 +286,7 @@ class Given:
     fixed_trigger: torch.Tensor | None = None
     surrogate: ClipModel | None = None
     ensemble: list[ClipModel] | tuple = ()
+    cluster_keys: torch.Tensor | None = None   # (N,) the run's ids of ``clusters`` (what units must agree on)
 
 
 NOTHING_GIVEN = Given()
@@ -306,6 +307,8 @@ def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, devi
     came, and each round is HotFlip + PGD against it). ``keep_model``: return the trained surrogate.
     ``ensemble``: more surrogates (frozen, each at its own input size and normalisation) that the
     noise is optimised against beside the first; training and HotFlip use the first alone.
+    ``cluster_keys`` (N): the run-wide ids of the unit's clusters; the pattern method keys each
+    cluster's pattern by them, so that one cluster carries one pattern in every unit.
     """
     device = torch.device(device)
     clusters, fixed_trigger = given.clusters, given.fixed_trigger
@@ -328,7 +331,7 @@ def protect_unit(images: torch.Tensor, captions: list[str], cfg: MEMConfig, devi
     model = surrogate_for(cfg, device, unit, given.surrogate)
     opt = surrogate_optimizer(model, cfg, device)
     if cfg.method in MODEL_FREE:
-        return _model_free_unit(model, opt, unit, cfg, clusters, generator, progress, keep_model)
+        return _model_free_unit(model, opt, unit, cfg, given, generator, progress, keep_model)
     members = [model] + [m.to(device).eval() for m in given.ensemble]
     for member in members[1:]:
         member.requires_grad_(False)
@@ -361,19 +364,11 @@ def _clusters(model: ClipModel, unit: UnitTensors, cfg: MEMConfig,
     return kmeans(unit_features(model, unit, cfg.cluster_features, cfg.batch_size), cfg.clusters, cfg.seed)
 
 
-# the model-free methods: noise from each group's id alone (the images only bound it)
-MODEL_FREE = {
-    "conv": lambda images, groups, cfg, gen: convolution_noise(images, groups, cfg.conv_kernel, cfg.conv_blur,
-                                                               cfg.epsilon, gen),
-    # per sample: fresh ids from the unit's generator, so no two images anywhere share a pattern
-    "pattern": lambda images, groups, cfg, gen: pattern_noise(
-        images, groups if cfg.effective_noise_scope == "cluster" else torch.randint(0, 2 ** 62, groups.shape, generator=gen),
-        cfg.pattern_grid, cfg.epsilon, cfg.pattern_seed),
-}
+MODEL_FREE = ("conv", "pattern")   # noise from each group's id alone (the images only bound it)
 
 
 def _model_free_unit(model: ClipModel, opt: torch.optim.Optimizer, unit: UnitTensors, cfg: MEMConfig,
-                     clusters: torch.Tensor | None, generator: torch.Generator,
+                     given: Given, generator: torch.Generator,
                      progress: Callable[[dict], None] | None, keep_model: bool) -> UnitResult:
     """conv and pattern: as much surrogate training on the clean pairs as the optimised methods get,
     used only for the cluster features; nothing is optimised against a model."""
@@ -383,10 +378,18 @@ def _model_free_unit(model: ClipModel, opt: torch.optim.Optimizer, unit: UnitTen
                                                                        unit.images.device)})
         if progress:
             progress(log[-1])
-    n = len(unit.images)
-    clusters, centroids = _clusters(model, unit, cfg, clusters)
-    groups = clusters if cfg.effective_noise_scope == "cluster" else torch.arange(n)
-    noise = MODEL_FREE[cfg.method](unit.images.cpu(), groups.cpu(), cfg, generator)
+    n, images = len(unit.images), unit.images.cpu()
+    clusters, centroids = _clusters(model, unit, cfg, given.clusters)
+    by_cluster = cfg.effective_noise_scope == "cluster"
+    if cfg.method == "conv":
+        groups = clusters.cpu() if by_cluster else torch.arange(n)
+        noise = convolution_noise(images, groups, cfg.conv_kernel, cfg.conv_blur, cfg.epsilon, generator)
+    else:
+        # keyed by the run's cluster ids where the caller has them, so that a cluster's pattern is the same
+        # in every unit; per sample, fresh keys from the unit's generator: no two images anywhere share one
+        keys = given.cluster_keys if given.cluster_keys is not None else clusters
+        keys = keys.cpu() if by_cluster else torch.randint(0, 2 ** 62, (n,), generator=generator)
+        noise = pattern_noise(images, keys, cfg.pattern_grid, cfg.epsilon, cfg.pattern_seed)
     return UnitResult(noise, torch.zeros(n, 0, dtype=torch.long), None if clusters is None else clusters.cpu(),
                       centroids, log, model=model if keep_model else None)
 

@@ -139,7 +139,8 @@ def run_unit(unit: Unit, task: WindowTask, surrogate: ClipModel | None, device: 
     """The engine on one unit, then each sample finished; returns the outputs and the unit's log.
     ``surrogate``: the run's fitted shared surrogate (``cfg.surrogate == "shared"``)."""
     cfg = task.cfg
-    given = Given(unit.clusters, unit.trigger, surrogate, ensemble_models(cfg.ensemble))
+    keys = None if unit.fitted_clusters is None else torch.tensor(unit.fitted_clusters)
+    given = Given(unit.clusters, unit.trigger, surrogate, ensemble_models(cfg.ensemble), cluster_keys=keys)
     result = protect_unit(surrogate_batch(unit.items, cfg.stored_size), [d.raw.caption for d in unit.items],
                           unit_config(cfg), device, given, progress=on_round)
     noise = result.noise.permute(0, 2, 3, 1).numpy()
