@@ -590,30 +590,35 @@ def report(parts: list[Path]) -> dict:
 
 
 def goal(table: dict) -> dict:
-    """Per victim: the image-noise row with the smallest largest share of clean's gain, against the
-    bars (at most 0.20 while random noise keeps at least 0.80), and each bar's distance."""
+    """Per victim, the bars (at most 0.20 of clean's gain while random noise keeps at least 0.80, and at
+    most 0.40 of clean's under JPEG 75) and each bar's distance, twice: for the image-noise rows, the
+    protection that survives a thief who cleans captions, and for the trigger rows, which protect only
+    while the captions stay as published (judged beside random words, and with captions cleaned)."""
     out = {}
     for victim, rows in table.items():
-        def largest(label):
-            shares = rows.get(label, {}).get("share_of_clean")
-            return None if not shares else max(v for s in shares.values() for v in s.values() if v is not None)
+        def shares(label, pick):
+            values = rows.get(label, {}).get("share_of_clean")
+            return None if not values else pick(v for s in values.values() for v in s.values() if v is not None)
 
-        def smallest(label):
-            shares = rows.get(label, {}).get("share_of_clean")
-            return None if not shares else min(v for s in shares.values() for v in s.values() if v is not None)
+        def judged(candidates: list[str]) -> dict:
+            best = min(candidates, key=lambda r: shares(r, max) if shares(r, max) is not None else 9, default=None)
+            share, random_share = (shares(best, max) if best else None), shares("random", min)
+            jpeg = shares(f"{best}@jpeg75", max) if best else None   # against clean under JPEG 75
+            return {"best": best, "its_largest_share": share, "random_smallest_share": random_share,
+                    "distance_to_0.20": None if share is None else round(share - 0.20, 3),
+                    "jpeg75_largest_share": jpeg,
+                    "jpeg75_distance_to_0.40": None if jpeg is None else round(jpeg - 0.40, 3),
+                    "met": bool(share is not None and share <= 0.20 and (random_share or 0) >= 0.80
+                                and jpeg is not None and jpeg <= 0.40)}
 
-        # the image-noise methods: every row with a control, less the controls and the trigger row
-        candidates = [r for r in rows if r in CONTROL_OF and r not in CONTROL_OF.values()
-                      and CONTROL_OF[r] != "random-words"]
-        best = min(candidates, key=lambda r: largest(r) if largest(r) is not None else 9, default=None)
-        share, random_share = (largest(best) if best else None), smallest("random")
-        jpeg = largest(f"{best}@jpeg75") if best else None   # against clean under JPEG 75
-        out[victim] = {"best": best, "its_largest_share": share, "random_smallest_share": random_share,
-                       "distance_to_0.20": None if share is None else round(share - 0.20, 3),
-                       "jpeg75_largest_share": jpeg,
-                       "jpeg75_distance_to_0.40": None if jpeg is None else round(jpeg - 0.40, 3),
-                       "met": bool(share is not None and share <= 0.20 and (random_share or 0) >= 0.80
-                                   and jpeg is not None and jpeg <= 0.40)}
+        # the image-noise methods: every row with a control, less the controls and the trigger rows
+        image_noise = [r for r in rows if r in CONTROL_OF and r not in CONTROL_OF.values()
+                       and CONTROL_OF[r] != "random-words"]
+        trigger = judged([r for r in rows if CONTROL_OF.get(r) == "random-words"])
+        if trigger["best"]:
+            trigger["random_words_smallest_share"] = shares("random-words", min)
+            trigger["captions_cleaned_largest_share"] = shares(f"{trigger['best']}+orig", max)
+        out[victim] = {**judged(image_noise), "with_trigger": trigger}
     return out
 
 
