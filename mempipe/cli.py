@@ -46,7 +46,7 @@ def add_protect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="engine settings to start from, by what they protect against: "
                         + "; ".join(f"{name}: {PRESET_THREATS[name]}" for name in sorted(PRESETS))
-                        + " (default: finetune-thief with a pretrained surrogate, cpu-tiny without)")
+                        + " (default: finetune-thief-trigger with a pretrained surrogate, cpu-tiny without)")
     p.add_argument("--config", help="YAML/JSON file of engine settings (the names below, with underscores) that "
                                     "override the preset; command-line options override both")
     p.add_argument("--storage-options", help="fsspec storage options as JSON (credentials are never logged)")
@@ -192,7 +192,7 @@ def engine_config(args: argparse.Namespace):
     if args.preset is None:   # the protective preset whenever the user gives a pretrained surrogate
         given = named.get("arch") or (args.arch or "")
         pretrained = bool(args.checkpoint) or ":" in given
-        args.preset = "finetune-thief" if pretrained else "cpu-tiny"
+        args.preset = "finetune-thief-trigger" if pretrained else "cpu-tiny"
     cfg = preset(args.preset)
     overrides: dict = {}
     if args.config:
