@@ -222,6 +222,7 @@ def test_every_engine_setting_is_an_option_and_a_config_key_with_the_same_bounds
                "candidates": 5, "trigger_len": 2, "trigger_scope": "global", "noise_scope": "cluster", "clusters": 7,
                "cluster_features": "text", "cluster_share": 0.25, "trigger_placement": "random",
                "trigger_vocab": "common", "pgd_objective": "trigger", "conv_kernel": 5, "conv_blur": 0.1,
+               "pattern_grid": 8, "pattern_seed": 4,
                "batch_size": 16, "lr": 0.001, "weight_decay": 0.2, "unit_size": 99, "candidate_chunk": 2,
                "pgd_batch_size": 8, "precision": "bf16", "compile": True, "surrogate": "per-unit",
                "unit_train_steps": 3, "seed": 9, "noise_size": 64, "transform": "crop", "crop_scale": 0.6,
