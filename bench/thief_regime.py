@@ -56,6 +56,9 @@ from mempipe_research.owner_data import OWNER as OWNER_STYLE  # noqa: E402
 WORK = ROOT / "bench" / "work" / "thief"
 RESULTS = ROOT / "bench" / "results"
 FROZEN = RESULTS / "thief_frozen.json"
+# every protected set's record (time per sample, max |delta|, PSNR), kept beside the results: the sets
+# themselves live in bench/work, which a fresh checkout does not have
+PROTECTION = RESULTS / "partial" / "thief_protection.json"
 REPORT = RESULTS / "effectiveness_thief.json"
 OWNER = {"train": 8000, "test": 500, "size": 64, "seed": 0, "style": "owner"}
 PUBLIC = {"A": ("public-vit", {}), "B": ("public-resnet", {}), "C": ("public-efficientnet", {"seed": 1})}
@@ -301,7 +304,21 @@ def protect_variant(name: str) -> dict:
               "seconds": round(time.time() - started, 1), "seconds_per_sample": round((time.time() - started) / OWNER["train"], 4),
               "max_delta": max(deltas), "psnr_mean": round(float(np.mean(psnrs)), 3)}
     record_path.write_text(json.dumps(record, indent=1))
+    keep_protection_record(record)
     return record
+
+
+def keep_protection_record(record: dict) -> None:
+    body = json.loads(PROTECTION.read_text()) if PROTECTION.exists() else {"sets": {}}
+    body["sets"][record["variant"]] = record
+    write_result(PROTECTION, {"meta": meta(), "sets": body["sets"]})
+
+
+def protection_records() -> dict[str, dict]:
+    """The kept records, updated by any set protected here since."""
+    kept = json.loads(PROTECTION.read_text())["sets"] if PROTECTION.exists() else {}
+    local = {path.parent.name: json.loads(path.read_text()) for path in sorted((WORK / "sets").glob("*/record.json"))}
+    return dict(sorted({**kept, **local}.items()))
 
 
 def whole_set_clusters(base: str, members: list, cfg, seed: int) -> dict[str, torch.Tensor] | None:
@@ -554,8 +571,7 @@ def report(parts: list[Path]) -> dict:
     frozen = json.loads(FROZEN.read_text())
     rows += [r for r in frozen["runs"] if (r["row"], r["victim"], r["seed"]) not in
              {(x["row"], x["victim"], x["seed"]) for x in rows}]
-    protection = {path.parent.name: json.loads(path.read_text())
-                  for path in sorted((WORK / "sets").glob("*/record.json"))}
+    protection = protection_records()
     table: dict = {}
     for victim in sorted({r["victim"] for r in rows}):
         table[victim] = {}
