@@ -180,6 +180,13 @@ def public_model(letter: str) -> dict:
     return pretrain(arch, str(ROOT / "bench" / "work" / "public_models"), **{**PRETRAIN, **overrides})
 
 
+def public_build(letter: str) -> dict:
+    """Which build of a public model a row fine-tuned: its settings folder (the recipe and the torch
+    version) and its checkpoint's hash. Rows without it ran on the first builds (torch 2.14.0)."""
+    model = public_model(letter)
+    return {"folder": Path(model["checkpoint"]).parent.name, "checkpoint_sha256": model["checkpoint_sha256"]}
+
+
 def local_dir(letter: str) -> Path:
     """The public model as open_clip's ``local-dir:`` folder, what a thief downloads from a hub."""
     model = public_model(letter)
@@ -503,7 +510,8 @@ def run_rows(rows: list[str], victims: list[str], seeds: list[int], out: Path) -
                 base, countermeasure = row_label(row)
                 what = ROWS[base][2] + (f"; the thief applies {countermeasure} first" if countermeasure else "")
                 entry = {"row": row, "victim": victim, "seed": seed, "what": what, "zero_shot": zero,
-                         **result, "gain": gain(result["final"], zero), "commit": commit()}
+                         **result, "gain": gain(result["final"], zero), "commit": commit(),
+                         "public_model": public_build(victim)}
                 body = json.loads(out.read_text()) if out.exists() else {"meta": meta(), "rows": []}
                 body["rows"].append(entry)
                 out.parent.mkdir(parents=True, exist_ok=True)
@@ -601,8 +609,13 @@ def report(parts: list[Path]) -> dict:
                 entry["control"] = control_label
                 entry["differs_from_control"] = {split: {d: differs(entry[split][d], control[split][d])
                                                          for d in ("i2t", "t2i")} for split in ("clean", "prefixed")}
+    builds: dict = {}
+    for r in rows:   # which build of each public model the runs fine-tuned, and how many each
+        folder = r.get("public_model", {}).get("folder", "first build (torch 2.14.0)")
+        builds.setdefault(r["victim"], {}).setdefault(folder, 0)
+        builds[r["victim"]][folder] += 1
     return {"meta": meta(), "frozen": {k: frozen[k] for k in ("thief", "owner", "criterion", "table", "frozen_at")},
-            "protection": protection, "table": table, "goal": goal(table), "rows": rows}
+            "builds": builds, "protection": protection, "table": table, "goal": goal(table), "rows": rows}
 
 
 def goal(table: dict) -> dict:
