@@ -79,6 +79,8 @@ VARIANTS = {
     "em-A-crop": ({"method": "em", **CROP}, ("A",)),
     "em-AB-crop": ({"method": "em", **CROP}, ("A", "B")),
     "memj-AB-crop": ({"method": "mem", "trigger_len": 3, "pgd_objective": "joint", **CROP}, ("A", "B")),
+    # the ensemble's worst member's loss minimised, not the mean
+    "em-AB-crop-max": ({"method": "em", "ensemble_reduce": "max", **CROP}, ("A", "B")),
     # one error-minimising noise per k-means cluster of a unit (20 clusters of ~25 pairs): a pattern
     # shared by pairs of like captions, a shortcut any model may pick up (the Unlearnable Clusters idea)
     "em-AB-cluster": ({"method": "em", "noise_scope": "cluster", **CROP}, ("A", "B")),
@@ -105,6 +107,7 @@ ROWS = {
     "em-A": ("em-A", "clean", "EM against A at A's 32 px input, upsampled to 64 px"),
     "em-A-crop": ("em-A-crop", "clean", "EM against A, the thief's crop in the loop, at 64 px"),
     "em-AB-crop": ("em-AB-crop", "clean", "EM against the ensemble A+B, crop in the loop, at 64 px"),
+    "em-AB-crop-max": ("em-AB-crop-max", "clean", "EM against A+B's worst member (not the mean), crop in the loop"),
     "memj-AB-crop": ("memj-AB-crop", "memj-AB-crop", "MEM-3 joint objective, A+B, crop in the loop: noise and trigger"),
     "memj-AB-crop+orig": ("memj-AB-crop", "clean", "memj-AB-crop's images with the original captions restored"),
     "em-AB-cluster": ("em-AB-cluster", "clean", "EM, one noise per cluster of ~25 like pairs, A+B, crop in the loop"),
@@ -144,7 +147,7 @@ COUNTERMEASURES = {
     "jpeg10bits": lambda im: _jpeg(_bits(im, 3), 10),   # ISS's strongest: 3-bit depth, then JPEG 10
     "blur": _blur,
 }
-CONTROL_OF = {"em-A": "random", "pattern-text": "pattern-sample", "pattern-sample": "random", "em-AB-cluster": "random", "em-A-self": "random", "em-A-crop": "random", "em-AB-crop": "random", "memj-AB-crop+orig": "random",
+CONTROL_OF = {"em-A": "random", "pattern-text": "pattern-sample", "pattern-sample": "random", "em-AB-cluster": "random", "em-A-self": "random", "em-A-crop": "random", "em-AB-crop": "random", "em-AB-crop-max": "random", "memj-AB-crop+orig": "random",
               "memj-AB-crop": "random-words"}
 
 
