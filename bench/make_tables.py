@@ -545,6 +545,18 @@ def thief_protection_table() -> str:
     return "\n".join(lines)
 
 
+def thief_transform_cost_table() -> str:
+    data = _result("thief_transform_cost")
+    if not data:
+        return "_not run yet: `python bench/thief_regime.py --transform-cost`_"
+    lines = ["| in the loop | seconds per sample (1 CPU thread) | vs noise at the model's input |", "|---|---|---|"]
+    for label, option in data["options"].items():
+        lines.append(f"| {label} | {option['seconds_per_sample']} | {option['vs_resize']:.2f} |")
+    lines += ["", f"EM, {data['engine']['outer_iters']} rounds of {data['engine']['pgd_steps']} PGD steps, on the owner's "
+                  f"first {data['pairs']} pairs at 64 px, the fastest of {data['passes']} interleaved passes in one run."]
+    return "\n".join(lines)
+
+
 def demo_table() -> str:
     data = _result("demo")
     if not data:
@@ -604,6 +616,7 @@ TABLES = {
     "thief-calibration": thief_calibration_table,
     "thief": thief_table,
     "thief-protection": thief_protection_table,
+    "thief-transform-cost": thief_transform_cost_table,
     "effectiveness": effectiveness_table,
     "effectiveness-photo": lambda: effectiveness_table("effectiveness_photo"),
     "goal-photo": goal_table,

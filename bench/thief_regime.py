@@ -265,6 +265,46 @@ def variant_seed(name: str) -> tuple[str, int]:
     return base, int(seed or 0)
 
 
+def engine_config(overrides: dict, surrogates: tuple[str, ...]):
+    """The engine's settings for a variant: the regime's rounds and steps, sized for its first surrogate."""
+    first = public_model(surrogates[0]) if surrogates else public_model("A")
+    return preset("finetune").with_overrides(checkpoint=first["checkpoint"], model_config=first["model_config"],
+                                             **model_config_sizes(first["model_config"]), **ENGINE, **overrides)
+
+
+# what each option of the thief's transform in the loop costs, in one run on the same pairs
+TRANSFORM_COST = {
+    "resize: noise at A's 32 px input": ({"method": "em"}, ("A",)),
+    "crop (+ flip)": ({"method": "em", **CROP}, ("A",)),
+    "crop + differentiable JPEG (p 0.5)": ({"method": "em", **CROP, "transform_jpeg": 0.5}, ("A",)),
+    "crop + grayscale (p 0.5)": ({"method": "em", **CROP, "transform_gray": 0.5}, ("A",)),
+    "crop, ensemble A+B, mean": ({"method": "em", **CROP}, ("A", "B")),
+    "crop, ensemble A+B, worst": ({"method": "em", "ensemble_reduce": "max", **CROP}, ("A", "B")),
+    "MEM-joint, crop, A+B (the default preset's method)": VARIANTS["memj-AB-crop"],
+}
+
+
+def transform_cost(pairs: int = 256, passes: int = 2) -> dict:
+    """Seconds per sample of each option on the owner's first ``pairs`` pairs (one thread; the fastest of
+    ``passes`` passes, the options interleaved so that a busy moment does not land on one option)."""
+    url = shard_urls(owner_data()["train"])[0]
+    native, captions, _ = read_shard(url)
+    native, captions = native[:pairs], captions[:pairs]
+    seconds: dict[str, list[float]] = {label: [] for label in TRANSFORM_COST}
+    for _ in range(passes):
+        for label, (overrides, surrogates) in TRANSFORM_COST.items():
+            members, cfg = surrogate_models(surrogates), engine_config(overrides, surrogates)
+            work = native if cfg.stored_size == OWNER["size"] else read_shard(url, cfg.image_size)[0][:pairs]
+            started = time.perf_counter()
+            protect_unit(work, captions, cfg, given=Given(surrogate=members[0], ensemble=members[1:]))
+            seconds[label].append(time.perf_counter() - started)
+            print(f"{label}: {seconds[label][-1]:.1f}s", flush=True)
+    base = min(seconds["resize: noise at A's 32 px input"])
+    return {"pairs": pairs, "passes": passes, "threads": torch.get_num_threads(), "engine": ENGINE,
+            "options": {label: {"seconds_per_sample": round(min(s) / pairs, 4), "vs_resize": round(min(s) / base, 2),
+                                "seconds": [round(x, 1) for x in s]} for label, s in seconds.items()}}
+
+
 def protect_variant(name: str) -> dict:
     """Protect the owner's training shards with one variant (noise and, for MEM, trigger captions);
     shard by shard, units of 500 pairs. Writes ``sets/NAME/images`` (original captions) and, with a
@@ -276,9 +316,7 @@ def protect_variant(name: str) -> dict:
     if record_path.exists():
         return json.loads(record_path.read_text())
     members = surrogate_models(surrogates)
-    first = public_model(surrogates[0]) if surrogates else public_model("A")
-    cfg = preset("finetune").with_overrides(checkpoint=first["checkpoint"], model_config=first["model_config"],
-                                            **model_config_sizes(first["model_config"]), **ENGINE, **overrides)
+    cfg = engine_config(overrides, surrogates)
     started, deltas, psnrs = time.time(), [], []
     clusters = whole_set_clusters(base, members, cfg, protect_seed)
     for sub in ("images", "triggered") if cfg.uses_trigger else ("images",):
@@ -703,6 +741,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--out", help="partial row file")
     ap.add_argument("--diagnose", help="comma-separated rows: each public model's loss on their training sets "
                                        "-> bench/results/thief_diagnosis.json")
+    ap.add_argument("--transform-cost", action="store_true",
+                    help="seconds per sample of each in-the-loop option -> bench/results/thief_transform_cost.json")
     ap.add_argument("--report", help="comma-separated row files -> bench/results/effectiveness_thief.json")
     ap.add_argument("--fast-victim", help="comma-separated rows: the project's fast victim on their shards "
                                           "-> bench/results/partial/thief_fast_victim.json")
@@ -719,6 +759,9 @@ def main(argv: list[str]) -> int:
         return 0
     if args.fast_victim:
         fast_victim_rows(args.fast_victim.split(","), victims, Path(args.out or RESULTS / "partial" / "thief_fast_victim.json"))
+        return 0
+    if args.transform_cost:
+        write_result(RESULTS / "thief_transform_cost.json", {"meta": meta(), **transform_cost()})
         return 0
     if args.report:
         body = report([Path(p) for p in args.report.split(",")])
