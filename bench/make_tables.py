@@ -523,13 +523,17 @@ def thief_table(victims=("C", "A", "B")) -> str:
                 continue
             share = e.get("share_of_clean", {}).get("clean", {})
             verdict = e.get("differs_from_control", {}).get("clean", {})
-            mark = " *" if verdict and all(verdict.get(d) for d in ("i2t", "t2i")) else ""
+            mark = ""
+            if verdict and all(verdict.get(d) for d in ("i2t", "t2i")):   # the rule is two-sided: say which way
+                control = data["table"][v][e["control"]]["clean"]
+                below = all(e["clean"][d]["mean"] < control[d]["mean"] for d in ("i2t", "t2i"))
+                mark = " *" if below else " †"
             cells += [f"{_pm(e['clean']['i2t'])} / {_pm(e['clean']['t2i'])} ({e['seeds']})",
                       " / ".join("–" if share.get(d) is None else f"{share[d]:.2f}" for d in ("i2t", "t2i")) + mark]
         lines.append(f"| {label} | {what} | " + " | ".join(cells) + " |")
-    lines += ["", "*: differs from its control (random noise; clean under the same countermeasure; random words for "
-                  "the trigger row) by more than twice the pooled sd in both directions. Shares: of clean's gain "
-                  "(of clean's under the same countermeasure for an @ row)."]
+    lines += ["", "*: below its control (random noise; clean under the same countermeasure; random words for "
+                  "the trigger row) by more than twice the pooled sd in both directions; †: above it by as much. "
+                  "Shares: of clean's gain (of clean's under the same countermeasure for an @ row)."]
     return "\n".join(lines)
 
 

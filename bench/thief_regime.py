@@ -358,15 +358,18 @@ def protect_variant(name: str) -> dict:
 
 def keep_protection_record(record: dict) -> None:
     body = json.loads(PROTECTION.read_text()) if PROTECTION.exists() else {"sets": {}}
-    body["sets"][record["variant"]] = record
+    body["sets"].setdefault(record["variant"], record)
     write_result(PROTECTION, {"meta": meta(), "sets": body["sets"]})
 
 
 def protection_records() -> dict[str, dict]:
-    """The kept records, updated by any set protected here since."""
+    """The kept records, and those of sets protected here that are not kept yet (then kept too). A kept
+    record stays: it is the first protection of its set, and a set made again keeps its first cost."""
     kept = json.loads(PROTECTION.read_text())["sets"] if PROTECTION.exists() else {}
     local = {path.parent.name: json.loads(path.read_text()) for path in sorted((WORK / "sets").glob("*/record.json"))}
-    return dict(sorted({**kept, **local}.items()))
+    for name in sorted(set(local) - set(kept)):
+        keep_protection_record(local[name])
+    return dict(sorted({**local, **kept}.items()))
 
 
 def whole_set_clusters(base: str, members: list, cfg, seed: int) -> dict[str, torch.Tensor] | None:
