@@ -556,7 +556,8 @@ def thief_transform_cost_table() -> str:
     lines = ["| in the loop | seconds per sample (1 CPU thread) | vs noise at the model's input |", "|---|---|---|"]
     for label, option in data["options"].items():
         lines.append(f"| {label} | {option['seconds_per_sample']} | {option['vs_resize']:.2f} |")
-    lines += ["", f"EM, {data['engine']['outer_iters']} rounds of {data['engine']['pgd_steps']} PGD steps, on the owner's "
+    lines += ["", f"EM (MEM-joint: also {data['engine']['hotflip_iters']} HotFlip steps per round), "
+                  f"{data['engine']['outer_iters']} rounds of {data['engine']['pgd_steps']} PGD steps, on the owner's "
                   f"first {data['pairs']} pairs at 64 px, the fastest of {data['passes']} interleaved passes in one run."]
     return "\n".join(lines)
 
