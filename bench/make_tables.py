@@ -37,7 +37,9 @@ def effectiveness_table(name: str = "effectiveness") -> str:
         lines.append(f"| {name} | {what} | " + " | ".join(cells) + f" | {', '.join(devices)} |")
     lines += ["", "Imperceptibility of each protected set (measured against the originals by `mempipe inspect`):", "",
               *protection_rows(data["protection"])]
-    sources = sorted({r.get("source", "?").split(",")[0] for r in rows})
+    # a source names the run that measured the row; the page names only the hardware
+    sources = sorted({r.get("source", "?").split(",")[0].replace(" (device tool)", "").replace("cpu: vm", "cpu: a CPU")
+                      for r in rows})
     lines += ["", f"Where the numbers come from: {'; '.join(sources)} (each row's `source` in the JSON)."]
     return "\n".join(lines)
 
