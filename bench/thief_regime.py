@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -290,11 +291,14 @@ def transform_cost(pairs: int = 256, passes: int = 2) -> dict:
     url = shard_urls(owner_data()["train"])[0]
     native, captions, _ = read_shard(url)
     native, captions = native[:pairs], captions[:pairs]
+    options = {}   # models, settings and input of each option, made once, outside the timed passes
+    for label, (overrides, surrogates) in TRANSFORM_COST.items():
+        members, cfg = surrogate_models(surrogates), engine_config(overrides, surrogates)
+        work = native if cfg.stored_size == OWNER["size"] else read_shard(url, cfg.image_size)[0][:pairs]
+        options[label] = (members, cfg, work)
     seconds: dict[str, list[float]] = {label: [] for label in TRANSFORM_COST}
     for _ in range(passes):
-        for label, (overrides, surrogates) in TRANSFORM_COST.items():
-            members, cfg = surrogate_models(surrogates), engine_config(overrides, surrogates)
-            work = native if cfg.stored_size == OWNER["size"] else read_shard(url, cfg.image_size)[0][:pairs]
+        for label, (members, cfg, work) in options.items():
             started = time.perf_counter()
             protect_unit(work, captions, cfg, given=Given(surrogate=members[0], ensemble=members[1:]))
             seconds[label].append(time.perf_counter() - started)
@@ -352,14 +356,8 @@ def protect_variant(name: str) -> dict:
               "seconds": round(time.time() - started, 1), "seconds_per_sample": round((time.time() - started) / OWNER["train"], 4),
               "max_delta": max(deltas), "psnr_mean": round(float(np.mean(psnrs)), 3)}
     record_path.write_text(json.dumps(record, indent=1))
-    keep_protection_record(record)
+    protection_records()   # kept beside the results
     return record
-
-
-def keep_protection_record(record: dict) -> None:
-    body = json.loads(PROTECTION.read_text()) if PROTECTION.exists() else {"sets": {}}
-    body["sets"].setdefault(record["variant"], record)
-    write_result(PROTECTION, {"meta": meta(), "sets": body["sets"]})
 
 
 def protection_records() -> dict[str, dict]:
@@ -367,9 +365,10 @@ def protection_records() -> dict[str, dict]:
     record stays: it is the first protection of its set, and a set made again keeps its first cost."""
     kept = json.loads(PROTECTION.read_text())["sets"] if PROTECTION.exists() else {}
     local = {path.parent.name: json.loads(path.read_text()) for path in sorted((WORK / "sets").glob("*/record.json"))}
-    for name in sorted(set(local) - set(kept)):
-        keep_protection_record(local[name])
-    return dict(sorted({**local, **kept}.items()))
+    records = dict(sorted({**local, **kept}.items()))
+    if records.keys() != kept.keys():
+        write_result(PROTECTION, {"meta": meta(), "sets": records})
+    return records
 
 
 def whole_set_clusters(base: str, members: list, cfg, seed: int) -> dict[str, torch.Tensor] | None:
@@ -653,11 +652,9 @@ def report(parts: list[Path]) -> dict:
                 entry["control"] = control_label
                 entry["differs_from_control"] = {split: {d: differs(entry[split][d], control[split][d])
                                                          for d in ("i2t", "t2i")} for split in ("clean", "prefixed")}
-    builds: dict = {}
-    for r in rows:   # which build of each public model the runs fine-tuned, and how many each
-        folder = r.get("public_model", {}).get("folder", "first build (torch 2.14.0)")
-        builds.setdefault(r["victim"], {}).setdefault(folder, 0)
-        builds[r["victim"]][folder] += 1
+    builds: dict = {}   # which build of each public model the runs fine-tuned, and how many each
+    for r in rows:
+        builds.setdefault(r["victim"], Counter())[r.get("public_model", {}).get("folder", "first build (torch 2.14.0)")] += 1
     return {"meta": meta(), "frozen": {k: frozen[k] for k in ("thief", "owner", "criterion", "table", "frozen_at")},
             "builds": builds, "protection": protection, "table": table, "goal": goal(table), "rows": rows}
 
